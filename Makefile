@@ -1,0 +1,33 @@
+# facekit developer tasks. Everything installs into a local virtualenv ($(VENV)); Python >= 3.10 and pip suffice.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.facekit-installed
+
+.PHONY: install demo test docs bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,docs]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make demo: makes a short talking-face clip, runs `facekit extract` on it, prints `facekit info`
+demo: $(STAMP)
+	$(PY) -m facekit.demo demo-out
+
+## make test: installs what the tests need and runs them (real-data tests skip without ../shared/data)
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## make docs: builds the documentation site into site/
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
+
+bench: $(STAMP)
+	$(PY) bench/detect_accuracy.py
+
+clean:
+	rm -rf site demo-out build *.egg-info

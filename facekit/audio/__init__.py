@@ -1,0 +1,1 @@
+"""Audio stages: log-Mel (and later Whisper encoder and VGGish features)."""

@@ -1,0 +1,311 @@
+"""The ``facekit`` command line: a thin shell over the Python API (facekit.extract, facekit.open, facekit.zoo).
+
+Exit codes: 0 when every video succeeded (or was skipped as finished), 1 when any video failed,
+2 when the run could not start (bad option, unknown stage or model, unwritable store).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+import click
+
+from . import zoo
+from .config import DEFAULT_STAGES, Config
+from .version import __version__
+
+_D = Config()  # defaults shown in --help
+
+EXIT_FAILED = 1
+EXIT_CANNOT_START = 2
+
+
+def _weights(ctx, param, values) -> dict:
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{v!r}: expected NAME=PATH, e.g. yunet=/models/yunet.onnx")
+        out[name] = path
+    return out
+
+
+def run_options(f):
+    """Options shared by extract and its stage-subset commands (one meaning everywhere)."""
+    opts = [
+        click.argument("inputs", nargs=-1, required=True, metavar="INPUT..."),
+        click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+                     help="The store to write (HDF5 index; shards go to OUT.d/). Re-running resumes."),
+        click.option("--stages", default=None, metavar="LIST",
+                     help="Comma-separated stages to compute; prerequisites are added."),
+        click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Sample frames at this rate, by timestamp (default: every frame)."),
+        click.option("--max-side", type=click.IntRange(min=16), default=None,
+                     help="Downscale decoded frames so the longer side is at most N pixels."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=_D.batch_size, show_default=True,
+                     help="Frames per batch (memory is bounded by one batch per worker)."),
+        click.option("--frame-rate", type=click.FloatRange(min=0, min_open=True), default=_D.frame_rate,
+                     show_default=True, help="Frame rate of folders of image frames."),
+        click.option("--frame-folders", type=click.Choice(["auto", "yes", "no"]), default=_D.frame_folders,
+                     show_default=True,
+                     help="Treat folders of images as one video (auto: when the images are numbered)."),
+        click.option("--detector", default=_D.detector, show_default=True, help="Face detector model name."),
+        click.option("--det-threshold", type=click.FloatRange(0, 1), default=_D.det_threshold, show_default=True,
+                     help="Minimum detection score."),
+        click.option("--det-nms", type=click.FloatRange(0, 1), default=_D.det_nms, show_default=True,
+                     help="IoU above which overlapping detections are merged."),
+        click.option("--det-size", type=click.IntRange(min=0), default=_D.det_size, show_default=True,
+                     help="Downscale frames whose long side exceeds N pixels for the detector (0: never)."),
+        click.option("--mel-n-mels", type=click.IntRange(min=1), default=_D.mel_n_mels, show_default=True,
+                     help="log-Mel: number of mel bands."),
+        click.option("--mel-n-fft", type=click.IntRange(min=16), default=_D.mel_n_fft, show_default=True,
+                     help="log-Mel: FFT/window length in samples at 16 kHz."),
+        click.option("--mel-hop", type=click.IntRange(min=1), default=_D.mel_hop, show_default=True,
+                     help="log-Mel: hop in samples at 16 kHz."),
+        click.option("--mel-window", default=_D.mel_window, show_default=True, help="log-Mel: window function."),
+        click.option("--mel-fmin", type=float, default=_D.mel_fmin, show_default=True, help="log-Mel: lowest Hz."),
+        click.option("--mel-fmax", type=float, default=_D.mel_fmax, show_default=True, help="log-Mel: highest Hz."),
+        click.option("--mel-log-floor", type=float, default=_D.mel_log_floor, show_default=True,
+                     help="log-Mel: power floor before 10*log10."),
+        click.option("--weights", "weights", multiple=True, callback=_weights, metavar="NAME=PATH",
+                     help="Use a local weight file for model NAME in this run (repeatable)."),
+        click.option("--device", default="cpu", show_default=True, help="cpu (GPU support comes later)."),
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Worker processes, each writing its own shards."),
+        click.option("--shard", default=None, metavar="I/N",
+                     help="Process only the I-th of N slices of the inputs (job arrays)."),
+        click.option("--overwrite", is_flag=True, help="Recompute finished videos instead of skipping them."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line."),
+        click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout."),
+        click.option("--debug", is_flag=True, help="Print tracebacks of failures."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _run(command: str, inputs, out, stages, quiet, as_json, debug, **options):
+    from .engine import extract
+    from .inputs import InputError
+    from .stages import StageError, available
+    from .store import StoreError
+
+    if stages is None:
+        avail = set(available())
+        stages = [s for s in DEFAULT_STAGES[command] if s in avail]
+
+    def on_result(r):
+        if r.status == "failed":
+            click.echo(f"facekit: {r.path}: {r.error}", err=True)
+        elif r.warnings and not quiet:
+            for w in r.warnings:
+                click.echo(f"facekit: warning: {r.path}: {w}", err=True)
+
+    argv = "facekit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        summary = extract(list(inputs), out, stages=stages, command=argv,
+                          progress=None if not quiet else False, debug=debug, on_result=on_result, **options)
+    except (StageError, zoo.ModelError, StoreError, InputError, ValueError) as e:
+        if debug:
+            raise
+        click.echo(f"facekit: error: {e}", err=True)
+        sys.exit(EXIT_CANNOT_START)
+    for w in summary.warnings:
+        if not quiet:
+            click.echo(f"facekit: warning: {w}", err=True)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2, default=str))
+    if not quiet:
+        click.echo(f"facekit: {len(summary.processed)} processed, {len(summary.skipped)} skipped, "
+                   f"{len(summary.failed)} failed in {summary.seconds:.1f} s -> {out}", err=True)
+    sys.exit(0 if summary.ok else EXIT_FAILED)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="facekit")
+def main():
+    """facekit: face videos -> time-aligned training features in one HDF5 store.
+
+    \b
+    Examples:
+      facekit extract videos/ -o feats.h5          # faces + log-Mel for every video below videos/
+      facekit detect clip.mp4 -o faces.h5 --fps 5  # face boxes only, 5 frames per second
+      facekit audio @list.txt -o mel.h5            # log-Mel for the files listed in list.txt
+      find data -name '*.mp4' | facekit extract - -o feats.h5
+      facekit info feats.h5                        # what is in a store
+      facekit models list                          # the model zoo
+    """
+
+
+def _stage_command(name: str, summary: str, examples: str):
+    stages_default = ",".join(DEFAULT_STAGES[name])
+
+    @run_options
+    def cmd(inputs, out, stages, quiet, as_json, debug, **options):
+        _run(name, inputs, out, stages, quiet, as_json, debug, **options)
+
+    cmd.__doc__ = f"""{summary}
+
+    INPUT is a video, an image, a folder (searched recursively; a folder of numbered
+    image frames is one video), @LIST.txt (one path a line) or - (paths on stdin).
+    Default stages: {stages_default} (those available in this version).
+
+    \b
+    Examples:
+    {examples}
+    """
+    return main.command(name)(cmd)
+
+
+_stage_command("extract", "Compute features for every input video into one store.", """
+      facekit extract videos/ -o feats.h5
+      facekit extract a.mp4 b.mkv -o feats.h5 --stages detect,mel --fps 10
+      facekit extract frames_dir/ -o feats.h5 --frame-rate 25 --max-side 960
+      facekit extract videos/ -o feats.h5 --shard 2/8      # job 2 of an 8-job array
+""")
+_stage_command("detect", "Detect faces (boxes, scores, 5 key points) in every frame.", """
+      facekit detect clip.mp4 -o faces.h5
+      facekit detect videos/ -o faces.h5 --det-threshold 0.6 --det-size 1280
+""")
+_stage_command("audio", "Compute audio features (log-Mel) of every input.", """
+      facekit audio videos/ -o audio.h5
+      facekit audio speech.wav -o audio.h5 --mel-n-mels 64 --mel-hop 320
+""")
+
+
+@main.command()
+@click.argument("store_path", metavar="OUT.h5", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--brief", is_flag=True, help="Totals only, no per-video table.")
+def info(store_path, as_json, brief):
+    """Summarise a store: videos, frames, faces, streams and failures.
+
+    \b
+    Examples:
+      facekit info feats.h5
+      facekit info feats.h5 --json | jq '.failures'
+    """
+    from .report import format_info, store_info
+    from .store import StoreError
+
+    try:
+        d = store_info(store_path)
+    except StoreError as e:
+        click.echo(f"facekit: error: {e}", err=True)
+        sys.exit(EXIT_CANNOT_START)
+    click.echo(json.dumps(d, indent=2, default=str) if as_json else format_info(d, per_video=not brief))
+
+
+@main.group()
+def models():
+    """The model zoo: list, locate, fetch and verify model weights.
+
+    \b
+    Resolution order: --weights NAME=PATH, then $FACEKIT_HOME/models/NAME/ (default
+    ~/.cache/facekit), then a file shipped inside an installed package, then a download
+    (sha256-checked; disabled by FACEKIT_OFFLINE=1).
+    """
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def models_list(as_json):
+    """List registered models with task, source, licences and availability.
+
+    \b
+    Example:
+      facekit models list --json
+    """
+    rows = [zoo.describe(m) for m in zoo.REGISTRY.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        state = "available" if r["available"] else "missing"
+        click.echo(f"{r['name']:<14} {r['task']:<10} {r['runtime']:<12} {state:<10} {r['source']}")
+        click.echo(f"{'':<14} {r['description']}")
+        click.echo(f"{'':<14} licence: code {r['licence_code']}; weights {r['licence_weights']}")
+
+
+@models.command("path")
+@click.argument("name")
+def models_path(name):
+    """Print the weight file a model resolves to (no download).
+
+    \b
+    Example:
+      facekit models path yunet
+    """
+    try:
+        click.echo(zoo.resolve(name, download=False).path)
+    except zoo.ModelError as e:
+        click.echo(f"facekit: error: {e}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@models.command("pull")
+@click.argument("names", nargs=-1)
+@click.option("--all", "pull_all", is_flag=True, help="Every registered model.")
+def models_pull(names, pull_all):
+    """Put model weights into the cache (copy from a package or download; sha256-checked).
+
+    \b
+    Examples:
+      facekit models pull yunet
+      FACEKIT_HOME=/shared/facekit facekit models pull --all   # then copy to offline nodes
+    """
+    names = list(zoo.REGISTRY) if pull_all else list(names)
+    if not names:
+        raise click.UsageError("name a model, or use --all")
+    bad = 0
+    for n in names:
+        try:
+            click.echo(f"{n}: {zoo.pull(n)}")
+        except (zoo.ModelError, OSError) as e:
+            click.echo(f"facekit: error: {e}", err=True)
+            bad += 1
+    sys.exit(EXIT_FAILED if bad else 0)
+
+
+@models.command("verify")
+@click.argument("names", nargs=-1)
+def models_verify(names):
+    """Check that models resolve to files with the registry's sha256 (all models by default).
+
+    \b
+    Example:
+      facekit models verify yunet
+    """
+    bad = 0
+    for n in names or list(zoo.REGISTRY):
+        try:
+            ok, msg = zoo.verify(n)
+        except zoo.ModelError as e:
+            ok, msg = False, str(e)
+        click.echo(msg if ok else f"{n}: FAILED: {msg}", err=not ok)
+        bad += not ok
+    sys.exit(EXIT_FAILED if bad else 0)
+
+
+@models.command("add")
+@click.argument("name")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--force", is_flag=True, help="Install even if the sha256 differs from the registry's.")
+def models_add(name, path, force):
+    """Install a local weight file into the cache as model NAME (sha256-checked).
+
+    \b
+    Example:
+      facekit models add yunet ~/Downloads/face_detection_yunet_2023mar_int8bq.onnx
+    """
+    try:
+        click.echo(zoo.add(name, path, force=force))
+    except zoo.ModelError as e:
+        click.echo(f"facekit: error: {e}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

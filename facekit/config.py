@@ -1,0 +1,60 @@
+"""The resolved configuration of a run: every option of ``facekit extract`` in one dataclass.
+
+The CLI builds a ``Config`` from its flags and the Python API takes the same fields as keyword
+arguments (``facekit.extract(inputs, out, stages="detect,mel", fps=5)``). It is stored as JSON in
+the store (root attribute ``config``) so every output says how it was made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .media import DEFAULT_BATCH_SIZE, DEFAULT_FRAME_RATE
+
+#: Stages each command runs by default (DESIGN.md), before filtering to what is available.
+DEFAULT_STAGES = {
+    "extract": ["detect", "track", "landmarks", "align", "pose", "mel"],
+    "detect": ["detect"],
+    "audio": ["mel"],
+}
+
+
+@dataclass
+class Config:
+    stages: list[str] = field(default_factory=lambda: ["detect", "mel"])
+    # frames
+    fps: float | None = None  # sample frames at this rate (by timestamp); None = every frame
+    max_side: int | None = None  # downscale decoded frames so max(H, W) <= this
+    batch_size: int = DEFAULT_BATCH_SIZE  # frames per batch
+    frame_rate: float = DEFAULT_FRAME_RATE  # frames/s of folders of image frames
+    frame_folders: str = "auto"  # folders of images: "auto" (numbered names), "yes" or "no"
+    # detection
+    detector: str = "yunet"
+    det_threshold: float = 0.8  # minimum detection score
+    det_nms: float = 0.3  # IoU above which overlapping detections are suppressed
+    det_size: int = 960  # frames with a longer side are downscaled to it for the detector; 0 = never
+    # log-Mel
+    mel_n_mels: int = 80
+    mel_n_fft: int = 400  # samples (25 ms at 16 kHz)
+    mel_hop: int = 160  # samples (10 ms at 16 kHz)
+    mel_window: str = "hann"
+    mel_fmin: float = 0.0  # Hz
+    mel_fmax: float = 8000.0  # Hz
+    mel_log_floor: float = 1e-10  # power floor before 10*log10 (dB)
+    # models and run control
+    weights: dict = field(default_factory=dict)  # model name -> local file
+    device: str = "cpu"
+    workers: int = 1
+    shard: str | None = None  # "I/N": process the I-th of N slices of the sorted inputs (1-based)
+    overwrite: bool = False
+
+    def to_json_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_kwargs(cls, **kw) -> "Config":
+        names = {f.name for f in fields(cls)}
+        unknown = set(kw) - names
+        if unknown:
+            raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        return cls(**kw)

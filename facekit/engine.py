@@ -1,0 +1,382 @@
+"""The one engine behind every command: inputs -> units -> stages -> shards -> index.
+
+``extract(inputs, out, **options)`` is the Python form of ``facekit extract``; the other
+commands are the same call with a different default stage list. Per video (one *unit*):
+
+  probe -> frames in bounded batches (decoded in a background thread) -> frame stages
+        -> 16 kHz mono audio -> audio stages -> shard committed (atomic rename)
+
+A failure of one video (bad file, decode error, even a bug in a stage) is recorded in the store
+as a failed video with its one-line cause and the run goes on; finished videos are skipped on
+re-run unless ``overwrite``. Models load once per process (the stage objects are cached).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field, asdict
+from pathlib import Path
+
+import numpy as np
+
+from . import stages as stages_mod
+from . import store
+from .config import Config
+from .inputs import Unit, collect, select_shard
+from .media import MediaError, iter_frames, prefetch, probe, read_audio
+from .version import __version__
+
+INDEX_EVERY_SEC = 60.0  # rebuild the index this often during long runs
+
+
+@dataclass
+class Result:
+    """What happened to one video."""
+
+    key: str
+    path: str
+    status: str  # "done", "skipped" or "failed"
+    error: str = ""
+    warnings: list = field(default_factory=list)
+    n_frames: int = 0
+    n_faces: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Summary:
+    """The outcome of a run; ``to_dict()`` is what ``--json`` prints."""
+
+    out: str
+    results: list[Result]
+    seconds: float
+    warnings: list = field(default_factory=list)
+
+    def _with(self, status):
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def processed(self) -> list[Result]:
+        return self._with("done")
+
+    @property
+    def skipped(self) -> list[Result]:
+        return self._with("skipped")
+
+    @property
+    def failed(self) -> list[Result]:
+        return self._with("failed")
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict:
+        return {
+            "out": self.out, "seconds": round(self.seconds, 3),
+            "processed": len(self.processed), "skipped": len(self.skipped), "failed": len(self.failed),
+            "failures": [{"key": r.key, "path": r.path, "error": r.error} for r in self.failed],
+            "warnings": self.warnings + [f"{r.path}: {w}" for r in self.results for w in r.warnings],
+            "videos": [asdict(r) for r in self.results],
+        }
+
+
+# ----------------------------------------------------------------------------- per process
+
+_PIPELINES: dict[str, list[stages_mod.Stage]] = {}
+
+
+def build_pipeline(config: Config) -> list[stages_mod.Stage]:
+    """Stage objects for ``config`` (models loaded once per process, then cached)."""
+    stages_mod.load_builtin()
+    key = json.dumps(config.to_json_dict(), sort_keys=True, default=str)
+    if key not in _PIPELINES:
+        _PIPELINES[key] = [stages_mod.REGISTRY[n](config) for n in config.stages]
+    return _PIPELINES[key]
+
+
+def _source_stamp(unit: Unit) -> dict:
+    p = Path(unit.path)
+    try:
+        if unit.kind == "frames":
+            files = [p / f for f in os.listdir(p)]
+            return {"source_size": int(sum(f.stat().st_size for f in files)),
+                    "source_mtime_ns": int(max([p.stat().st_mtime_ns] + [f.stat().st_mtime_ns for f in files]))}
+        st = p.stat()
+        return {"source_size": int(st.st_size), "source_mtime_ns": int(st.st_mtime_ns)}
+    except OSError:
+        return {"source_size": -1, "source_mtime_ns": -1}
+
+
+def _frames_params(config: Config, unit: Unit) -> dict:
+    p = {"fps": config.fps, "max_side": config.max_side}
+    if unit.kind == "frames":
+        p["frame_rate"] = config.frame_rate
+    return p
+
+
+def _stage_params(pipe, config: Config, unit: Unit) -> dict:
+    fp = _frames_params(config, unit)
+    return {s.name: ({**s.params, "frames": fp} if s.consumes == "frames" else s.params) for s in pipe}
+
+
+def _old_video(shard: Path) -> tuple[dict | None, str | None]:
+    """(attrs, key) of the video in an existing shard, or (None, None)."""
+    if not shard.is_file():
+        return None, None
+    try:
+        import h5py
+
+        with h5py.File(shard, "r") as f:
+            for key in store._iter_video_keys(f["videos"]):
+                return store.attrs_dict(f["videos"][key]), key
+    except (OSError, KeyError):
+        return None, None
+    return None, None
+
+
+def _copy_outputs(src_path: str, key: str, writer: store.VideoWriter, paths) -> None:
+    import h5py
+
+    with h5py.File(src_path, "r") as f:
+        g = f[store.video_path(key)]
+        for p in paths:
+            if p not in g:
+                continue
+            parent, _, name = p.rpartition("/")
+            dest = writer.group.require_group(parent) if parent else writer.group
+            if name in dest:
+                del dest[name]
+            g.copy(g[p], dest, name=name)
+
+
+def process_unit(unit: Unit, config: Config, out: str, debug: bool = False) -> Result:
+    """Run the pipeline on one video and commit its shard (or record its failure)."""
+    t_start = time.perf_counter()
+    pipe = build_pipeline(config)
+    shard = store.shards_dir(out) / store.shard_name(unit.key)
+    stamp = _source_stamp(unit)
+    params = _stage_params(pipe, config, unit)
+
+    old, old_key = (None, None) if config.overwrite else _old_video(shard)
+    same_source = bool(old) and old_key == unit.key and all(old.get(k) == v for k, v in stamp.items())
+    if old and old.get("status") == store.STATUS_DONE and same_source:
+        old_params = old.get("stage_params") or {}
+        if all(old_params.get(n) == p for n, p in params.items()):
+            return Result(unit.key, unit.path, "skipped", n_frames=int(old.get("n_frames", 0)),
+                          n_faces=int(old.get("n_faces", 0)))
+
+    # earlier results we may reuse: a store given as input, or this store's finished shard
+    reuse_src, reuse_params = None, {}
+    if unit.reuse_from:
+        a, k = _old_video(Path(unit.reuse_from))
+        if a and a.get("status") == store.STATUS_DONE:
+            reuse_src, reuse_params = unit.reuse_from, a.get("stage_params") or {}
+    elif old and old.get("status") == store.STATUS_DONE and same_source:
+        reuse_src, reuse_params = str(shard), old.get("stage_params") or {}
+    reused = {n for n, p in params.items() if reuse_params.get(n) == p}
+
+    warnings: list[str] = []
+    attrs: dict = {"key": unit.key, "source_path": unit.path, "source_kind": unit.kind, **stamp,
+                   "facekit_version": __version__, "stages": list(params), "stage_params": params}
+    timings: dict[str, float] = {}
+    writer = store.VideoWriter(out, unit.key)
+    try:
+        t0 = time.perf_counter()
+        info = probe(unit.path, frame_rate=config.frame_rate)
+        timings["probe"] = time.perf_counter() - t0
+        ia = info.to_attrs()
+        ia["container_n_frames"] = ia.pop("n_frames", -1)
+        ia.pop("path", None)
+        ia.pop("kind", None)  # already stored as source_kind
+        attrs.update(ia)
+
+        frame_stages = [s for s in pipe if s.consumes == "frames"]
+        audio_stages = [s for s in pipe if s.consumes == "audio"]
+        n_rows = 0
+        if frame_stages:
+            if not info.has_video:
+                raise MediaError(unit.path, "no video stream (face stages need one)")
+            t0 = time.perf_counter()
+            todo = [s for s in frame_stages if s.name not in reused]
+            if reuse_src and [s for s in frame_stages if s.name in reused]:
+                _copy_outputs(reuse_src, unit.key, writer,
+                              [p for s in frame_stages if s.name in reused for p in s.outputs]
+                              + ([] if todo else ["frames"]))
+            if todo:
+                n_rows = _run_frames(unit, info, config, todo, writer, warnings)
+            else:
+                n_rows = int(writer.group["frames/t"].shape[0])
+            timings["frames"] = time.perf_counter() - t0
+        if audio_stages:
+            t0 = time.perf_counter()
+            todo = [s for s in audio_stages if s.name not in reused]
+            if reuse_src:
+                _copy_outputs(reuse_src, unit.key, writer, [p for s in audio_stages if s.name in reused for p in s.outputs])
+            if todo:
+                if info.has_audio:
+                    samples, start_sec = read_audio(unit.path, warnings=warnings)
+                    for s in todo:
+                        s.on_audio(samples, start_sec, writer)
+                else:
+                    for s in todo:
+                        s.on_no_audio(writer)
+            timings["audio"] = time.perf_counter() - t0
+        n_faces = int(writer.group["faces/frame"].shape[0]) if "faces/frame" in writer.group else 0
+        timings["total"] = time.perf_counter() - t_start
+        attrs.update({"status": store.STATUS_DONE, "error": "", "warnings": warnings, "n_frames": n_rows,
+                      "n_faces": n_faces, "timings": timings, "reused_stages": sorted(reused),
+                      "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        writer.commit(attrs)
+        return Result(unit.key, unit.path, "done", warnings=warnings, n_frames=n_rows, n_faces=n_faces,
+                      seconds=time.perf_counter() - t_start)
+    except KeyboardInterrupt:
+        writer.abort()
+        raise
+    except Exception as e:  # noqa: BLE001 - one bad video must not cost the run
+        writer.abort()
+        if isinstance(e, MediaError):
+            cause = e.cause
+        elif isinstance(e, OSError) and e.errno is not None:
+            cause = f"{e.strerror or e} (errno {e.errno})"
+        else:
+            cause = f"internal error: {type(e).__name__}: {' '.join(str(e).split())}"
+        if debug:
+            traceback.print_exc()
+        attrs.update({"error": cause, "warnings": warnings, "timings": timings,
+                      "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        try:
+            store.write_failure(out, unit.key, attrs)
+        except Exception as e2:  # noqa: BLE001 - e.g. disk full: still report the original cause
+            cause += f" (and the failure could not be recorded: {e2})"
+        return Result(unit.key, unit.path, "failed", error=cause, warnings=warnings,
+                      seconds=time.perf_counter() - t_start)
+
+
+def _run_frames(unit, info, config, todo, writer, warnings) -> int:
+    writer.create("frames/t", dtype="f8", attrs={"units": "seconds", "description": "presentation time"})
+    writer.create("frames/index", dtype="i8", attrs={"description": "position in the decoded stream"})
+    for s in todo:
+        s.begin(writer, info)
+    n = 0
+    scale = 1.0
+    batches = iter_frames(unit.path, batch_size=config.batch_size, fps=config.fps, max_side=config.max_side,
+                          frame_rate=config.frame_rate, info=info, warnings=warnings)
+    for batch in prefetch(batches, depth=2):
+        writer.append("frames/t", batch.t_sec)
+        writer.append("frames/index", batch.index)
+        for s in todo:
+            s.on_frames(batch, n, writer)
+        n += len(batch.t_sec)
+        scale = batch.scale
+    for s in todo:
+        s.end(writer)
+    store.set_attrs(writer.group["frames"], {
+        **_frames_params(config, unit), "scale": scale, "width": info.width, "height": info.height,
+        "coordinates": "pixels of the source in display orientation (rotation applied, before max_side)"})
+    return n
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _problem_key(path: str) -> str:
+    """A store key for an input that could not become a unit (its path relative to the cwd)."""
+    from .inputs import InputError, safe_key
+
+    rel = os.path.relpath(os.path.abspath(path)) if path else ""
+    try:
+        return safe_key("/".join(p for p in Path(rel).parts if p != ".."))
+    except InputError:
+        return ""
+
+
+def _init_worker():
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+
+
+def _work(args):
+    unit, config, out, debug = args
+    return process_unit(unit, config, out, debug)
+
+
+def extract(inputs, out, *, stages=None, command: str | None = None, progress: bool | None = None,
+            debug: bool = False, stdin=None, on_result=None, **options) -> Summary:
+    """Run the pipeline over ``inputs`` into the store ``out``; the Python form of ``facekit extract``.
+
+    inputs: paths (files, directories, ``@list.txt``, ``-``) as on the command line.
+    stages: names (list or comma-separated); prerequisites are added. Default: detect,mel.
+    options: any ``facekit.config.Config`` field (fps, max_side, det_threshold, workers, ...).
+    on_result: called with each ``Result`` as it arrives (the CLI prints failures from it).
+    Returns a Summary; nothing is raised for bad videos (they are in ``summary.failed``).
+    Raises StageError / ModelError / StoreError / InputError before any work when the run as a
+    whole cannot start.
+    """
+    t_start = time.perf_counter()
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [os.fspath(inputs)]
+    cfg = Config.from_kwargs(**options)
+    cfg.stages = stages_mod.resolve(stages if stages is not None else cfg.stages)
+    if cfg.device != "cpu":
+        raise stages_mod.StageError(f"--device {cfg.device}: only cpu is supported in this version")
+    out = os.fspath(out)
+    store.check_writable(out)
+    build_pipeline(cfg)  # load models now: a missing model stops the run before any work
+
+    units, problems, warnings = collect(list(inputs), cfg.frame_folders, stdin=stdin)
+    units = select_shard(units, cfg.shard)
+    store.clean_stale_temps(out)
+    root_attrs = {"command": command or "facekit.extract(...)", "config": cfg.to_json_dict()}
+
+    results: list[Result] = []
+    for path, cause in problems:
+        r = Result(key=_problem_key(path), path=path, status="failed", error=cause)
+        if r.key:
+            try:
+                store.write_failure(out, r.key, {"key": r.key, "source_path": os.path.abspath(path), "error": cause,
+                                                 "facekit_version": __version__})
+            except Exception:  # noqa: BLE001 - reported on stderr and in the summary anyway
+                pass
+        results.append(r)
+        if on_result:
+            on_result(r)
+
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=len(units), unit="video", disable=not show, dynamic_ncols=True, file=sys.stderr)
+    last_index = time.monotonic()
+    order = sorted(units, key=lambda u: (-u.size, u.key))  # largest first: the slowest start early
+
+    def handle(r: Result):
+        nonlocal last_index
+        results.append(r)
+        bar.update(1)
+        bar.set_postfix_str(r.key[-40:], refresh=False)
+        if on_result:
+            on_result(r)
+        if time.monotonic() - last_index > INDEX_EVERY_SEC:
+            store.rebuild_index(out, root_attrs)
+            last_index = time.monotonic()
+
+    try:
+        if cfg.workers <= 1 or len(order) <= 1:
+            for u in order:
+                handle(process_unit(u, cfg, out, debug))
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")  # fork after threads/models is unsafe
+            with ctx.Pool(cfg.workers, initializer=_init_worker) as pool:
+                for r in pool.imap_unordered(_work, [(u, cfg, out, debug) for u in order]):
+                    handle(r)
+    finally:
+        bar.close()
+        store.rebuild_index(out, root_attrs)
+    results.sort(key=lambda r: (r.key, r.path))
+    return Summary(out=out, results=results, seconds=time.perf_counter() - t_start, warnings=warnings)

@@ -1,0 +1,1 @@
+"""Face stages: detection (and later tracking, landmarks, alignment, crops, pose)."""

@@ -1,0 +1,100 @@
+"""Stages: the units of work a pipeline is made of, and how a list of names becomes a pipeline.
+
+A stage has a ``name`` (the word used by ``--stages``, in the store and in the docs), the input it
+consumes (``"frames"`` or ``"audio"``), the stages it ``requires``, and the store paths it writes
+(``outputs``, relative to the video group). It is built once per worker process from the run's
+``Config`` (models load then, never per video) and then fed every video:
+
+    stage.begin(writer, info)                 create its datasets (empty, right shapes)
+    stage.on_frames(batch, row0, writer)      frame stages: one FrameBatch at a time
+    stage.on_audio(samples, start_sec, writer) audio stages: the whole 16 kHz mono track
+    stage.end(writer)                         finish
+
+``params`` is everything that determines the output (model name and weights sha256 included):
+a finished video is skipped on re-run only when every requested stage's params are unchanged,
+and stored outputs of a stage with equal params are reused instead of recomputed.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+#: The order stages run in; DESIGN.md's full list (later issues add the missing ones).
+CANONICAL_ORDER = ["detect", "track", "landmarks", "align", "pose", "crop", "parse", "embed",
+                   "mel", "whisper", "vggish"]
+
+
+class StageError(Exception):
+    """A stage name is unknown or not available in this version."""
+
+
+class Stage:
+    name: ClassVar[str]
+    consumes: ClassVar[str]  # "frames" or "audio"
+    requires: ClassVar[tuple[str, ...]] = ()
+    outputs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config):
+        self.config = config
+
+    @property
+    def params(self) -> dict:
+        raise NotImplementedError
+
+    def begin(self, writer, info) -> None:
+        pass
+
+    def on_frames(self, batch, row0: int, writer) -> None:
+        pass
+
+    def on_audio(self, samples, start_sec: float, writer) -> None:
+        pass
+
+    def end(self, writer) -> None:
+        pass
+
+
+REGISTRY: dict[str, type[Stage]] = {}
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def load_builtin() -> None:
+    from .face import detect  # noqa: F401  (registers "detect")
+    from .audio import mel  # noqa: F401  (registers "mel")
+
+
+def available() -> list[str]:
+    load_builtin()
+    return [s for s in CANONICAL_ORDER if s in REGISTRY]
+
+
+def resolve(names) -> list[str]:
+    """Stage names -> the ordered list to run, prerequisites added. Raises StageError."""
+    load_builtin()
+    if isinstance(names, str):
+        names = [n for n in names.split(",")]
+    wanted: list[str] = []
+
+    def add(n: str):
+        n = n.strip()
+        if not n:
+            return
+        if n not in REGISTRY:
+            if n in CANONICAL_ORDER:
+                raise StageError(f"stage {n!r} is not available in this facekit version "
+                                 f"(available: {', '.join(available())})")
+            raise StageError(f"unknown stage {n!r} (available: {', '.join(available())})")
+        for r in REGISTRY[n].requires:
+            add(r)
+        if n not in wanted:
+            wanted.append(n)
+
+    for n in names:
+        add(n)
+    if not wanted:
+        raise StageError("no stage to run")
+    return sorted(wanted, key=CANONICAL_ORDER.index)

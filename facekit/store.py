@@ -1,0 +1,571 @@
+"""The HDF5 store: one shard file per video, an index file the user opens, and a reader.
+
+Layout on disk for ``-o feats.h5``::
+
+    feats.h5              the index: root attributes, /index/{key,shard,status,error,mtime_ns},
+                          and /videos/<key> as external links into the shards
+    feats.h5.d/           the shards: <sha1(key)[:24]>.h5, each holding /videos/<key>
+
+A shard is written under a temporary name (``.<name>.<host>.<pid>.<rand>.tmp``) and renamed
+when closed, so a crash (even SIGKILL) loses at most the video in flight and never touches a
+finished shard. The index is rebuilt from the shard directory under a lock and replaced
+atomically; the reader also scans the directory, so shards finished after the last index
+rebuild are never invisible. Every shard is itself a valid one-video store.
+
+The layout is versioned by ``SCHEMA_VERSION`` (facekit.version); see docs/store.md.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+
+from .version import SCHEMA_VERSION, __version__
+
+SHARD_SUFFIX = ".h5"
+TMP_SUFFIX = ".tmp"
+STATUS_DONE = "done"
+STATUS_FAILED = "failed"
+
+
+class StoreError(Exception):
+    """The store cannot be used (bad path, not a facekit store, read-only directory...)."""
+
+
+# ----------------------------------------------------------------------------- paths
+
+def shards_dir(out: str | os.PathLike) -> Path:
+    """Directory of the shards of the store whose index is ``out``."""
+    return Path(str(os.fspath(out)) + ".d")
+
+
+def shard_name(key: str) -> str:
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:24] + SHARD_SUFFIX
+
+
+def video_path(key: str) -> str:
+    """HDF5 path of a video group."""
+    return "videos/" + key
+
+
+def to_attr(value: Any):
+    """HDF5-storable form of a Python value: dict/list/tuple/bool-free JSON becomes a string."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    if value is None:
+        return ""
+    return value
+
+
+def from_attr(value: Any):
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def attrs_dict(obj) -> dict:
+    return {k: from_attr(v) for k, v in obj.attrs.items()}
+
+
+def set_attrs(obj, attrs: dict) -> None:
+    for k, v in attrs.items():
+        obj.attrs[k] = to_attr(v)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_writable(out: str | os.PathLike) -> None:
+    """Fail before any work when the store cannot be written (read-only dir, index is a dir...)."""
+    out = Path(out)
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.exists() and out.is_dir():
+        raise StoreError(f"{out}: is a directory; give the index file name, e.g. {out}/feats.h5")
+    if not parent.exists():
+        raise StoreError(f"{out}: directory {parent} does not exist")
+    d = shards_dir(out)
+    try:
+        d.mkdir(exist_ok=True)
+        probe = d / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise StoreError(f"{out}: cannot write the store ({e.strerror or e})") from e
+
+
+# ----------------------------------------------------------------------------- writing
+
+class VideoWriter:
+    """Writes one video's group into a new shard; ``commit()`` renames it into place.
+
+    Datasets are created with ``create`` (fixed or growable) and grown with ``append``.
+    """
+
+    def __init__(self, out: str | os.PathLike, key: str):
+        self.out = Path(out)
+        self.key = key
+        self.dir = shards_dir(out)
+        self.final = self.dir / shard_name(key)
+        host = socket.gethostname().replace(".", "_")
+        self.tmp = self.dir / f".{self.final.name}.{host}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        self.file = h5py.File(self.tmp, "w", libver="latest")
+        set_attrs(self.file, {"facekit_version": __version__, "schema_version": SCHEMA_VERSION,
+                              "kind": "shard"})
+        self.group = self.file.create_group(video_path(key))
+        self.group.attrs["key"] = key
+
+    def create(self, name: str, shape_tail=(), dtype="f4", data=None, growable=True, attrs=None,
+               compression=None, chunk_rows=None):
+        """Create dataset ``name`` (relative to the video group); growable along axis 0."""
+        if data is not None:
+            data = np.asarray(data)
+            dtype, shape_tail = data.dtype, data.shape[1:]
+        shape = (0, *shape_tail) if data is None else data.shape
+        kw = {}
+        if growable:
+            rows = chunk_rows or max(1, min(4096, (1 << 16) // max(1, int(np.prod(shape_tail or (1,))) * np.dtype(dtype).itemsize)))
+            kw = dict(maxshape=(None, *shape_tail), chunks=(rows, *shape_tail))
+        if compression:
+            kw["compression"] = compression
+        ds = self.group.create_dataset(name, shape=shape, dtype=dtype, data=data, **kw)
+        if attrs:
+            set_attrs(ds, attrs)
+        return ds
+
+    def append(self, name: str, rows) -> None:
+        rows = np.asarray(rows)
+        ds = self.group[name]
+        n = ds.shape[0]
+        if rows.shape[0] == 0:
+            return
+        ds.resize(n + rows.shape[0], axis=0)
+        ds[n:] = rows
+
+    def commit(self, attrs: dict) -> Path:
+        """Write the video's attributes, close, fsync and atomically rename into place."""
+        set_attrs(self.group, attrs)
+        self.file.flush()
+        self.file.close()
+        fd = os.open(self.tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.tmp, self.final)
+        _fsync_dir(self.dir)
+        return self.final
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        except Exception:  # noqa: BLE001 - best effort on an already-broken file
+            pass
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_failure(out: str | os.PathLike, key: str, attrs: dict) -> Path:
+    """Record a failed video as a shard holding only the video group's attributes."""
+    w = VideoWriter(out, key)
+    return w.commit({**attrs, "status": STATUS_FAILED})
+
+
+def clean_stale_temps(out: str | os.PathLike) -> int:
+    """Remove temporary shards left by dead processes of this host. Returns how many."""
+    d = shards_dir(out)
+    if not d.is_dir():
+        return 0
+    host = socket.gethostname().replace(".", "_")
+    n = 0
+    for p in d.iterdir():
+        if not (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)):
+            continue
+        parts = p.name[: -len(TMP_SUFFIX)].split(".")
+        try:
+            p_host, p_pid = parts[-3], int(parts[-2])
+        except (IndexError, ValueError):
+            continue
+        stale = (p_host == host and not _pid_alive(p_pid)) or (time.time() - p.stat().st_mtime > 7 * 86400)
+        if stale:
+            try:
+                p.unlink()
+                n += 1
+            except FileNotFoundError:
+                pass
+    return n
+
+
+# ----------------------------------------------------------------------------- index
+
+@dataclass
+class ShardRow:
+    key: str
+    shard: str  # file name inside the shards dir
+    status: str
+    error: str
+    mtime_ns: int
+
+
+def _read_shard_row(path: Path) -> ShardRow | None:
+    try:
+        with h5py.File(path, "r") as f:
+            vids = f.get("videos")
+            if vids is None:
+                return None
+            for key in _iter_video_keys(vids):
+                g = vids[key]
+                return ShardRow(key=key, shard=path.name, status=str(from_attr(g.attrs.get("status", ""))),
+                                error=str(from_attr(g.attrs.get("error", ""))), mtime_ns=path.stat().st_mtime_ns)
+    except (OSError, KeyError):
+        return None
+    return None
+
+
+def _iter_video_keys(group: h5py.Group, prefix: str = "") -> Iterator[str]:
+    """Keys of video groups below ``group`` (a video group carries the attribute ``key``)."""
+    for name, link in group.items():
+        if isinstance(link, h5py.Group):
+            if "key" in link.attrs:
+                yield prefix + name
+            else:
+                yield from _iter_video_keys(link, prefix + name + "/")
+
+
+def _read_index_rows(index: Path) -> dict[str, ShardRow]:
+    rows: dict[str, ShardRow] = {}
+    if not index.is_file():
+        return rows
+    try:
+        with h5py.File(index, "r") as f:
+            if "index" not in f:
+                return rows
+            ix = f["index"]
+            cols = [ix[c].asstr()[()] if c != "mtime_ns" else ix[c][()] for c in ("key", "shard", "status", "error", "mtime_ns")]
+            for key, shard, status, error, mt in zip(*cols):
+                rows[str(shard)] = ShardRow(str(key), str(shard), str(status), str(error), int(mt))
+    except (OSError, KeyError):
+        return {}
+    return rows
+
+
+def scan(out: str | os.PathLike, known: dict[str, ShardRow] | None = None) -> list[ShardRow]:
+    """Rows for every finished shard in the store's directory, sorted by key.
+
+    Rows of ``known`` whose file is unchanged (same mtime) are reused; other shards are opened.
+    """
+    d = shards_dir(out)
+    known = known if known is not None else _read_index_rows(Path(out))
+    rows = []
+    if not d.is_dir():
+        return rows
+    for p in d.iterdir():
+        if p.name.startswith(".") or not p.name.endswith(SHARD_SUFFIX):
+            continue
+        try:
+            mt = p.stat().st_mtime_ns
+        except FileNotFoundError:
+            continue
+        r = known.get(p.name)
+        if r is None or r.mtime_ns != mt:
+            r = _read_shard_row(p)
+        if r is not None:
+            rows.append(r)
+    rows.sort(key=lambda r: r.key)
+    return rows
+
+
+@contextmanager
+def _locked(out: Path):
+    d = shards_dir(out)
+    d.mkdir(exist_ok=True)
+    with builtins.open(d / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def rebuild_index(out: str | os.PathLike, root_attrs: dict | None = None) -> list[ShardRow]:
+    """Rewrite the index file from the shard directory (under a lock; atomic replace)."""
+    out = Path(out)
+    with _locked(out):
+        old_attrs = {}
+        if out.is_file():
+            try:
+                with h5py.File(out, "r") as f:
+                    old_attrs = attrs_dict(f)
+            except OSError:
+                old_attrs = {}
+        rows = scan(out)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+        try:
+            with h5py.File(tmp, "w", libver="latest") as f:
+                attrs = {**old_attrs, **(root_attrs or {})}
+                attrs.update({"facekit_version": __version__, "schema_version": SCHEMA_VERSION, "kind": "index",
+                              "shards_dir": shards_dir(out).name, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                set_attrs(f, attrs)
+                ix = f.create_group("index")
+                str_dt = h5py.string_dtype()
+                for col in ("key", "shard", "status", "error"):
+                    ix.create_dataset(col, data=np.array([getattr(r, col) for r in rows], dtype=object), dtype=str_dt)
+                ix.create_dataset("mtime_ns", data=np.array([r.mtime_ns for r in rows], dtype=np.int64))
+                vids = f.create_group("videos")
+                for r in rows:
+                    vids[r.key] = h5py.ExternalLink(f"{shards_dir(out).name}/{r.shard}", "/" + video_path(r.key))
+            os.replace(tmp, out)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return rows
+
+
+# ----------------------------------------------------------------------------- reading
+
+def open(path: str | os.PathLike) -> "Store":  # noqa: A001 - mirrors h5py.File / facekit.open
+    """Open a facekit store for reading: the index file (``feats.h5``) or its shards dir."""
+    return Store(path)
+
+
+class Store(Mapping):
+    """Read-only view of a store: a mapping ``key -> Video`` (also ``.videos``).
+
+    >>> with facekit.open("feats.h5") as st:
+    ...     v = st.videos["clip.mp4"]
+    ...     v.frames.t, v.faces.box, v.audio["mel"].data
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        p = Path(path)
+        if p.is_dir() and p.name.endswith(".d"):
+            p = Path(str(p)[:-2])
+        if p.suffix == SHARD_SUFFIX and p.parent.name.endswith(".d") and not shards_dir(p).is_dir():
+            # a single shard file: a one-video store
+            self.path, self._single = p, p
+        else:
+            self.path, self._single = p, None
+        if self._single is None and not p.is_file() and not shards_dir(p).is_dir():
+            raise StoreError(f"{p}: no such facekit store")
+        self._files: dict[str, h5py.File] = {}
+        self._rows = self._load_rows()
+        self.attrs = self._root_attrs()
+        self.videos = self
+
+    def _load_rows(self) -> dict[str, ShardRow]:
+        if self._single is not None:
+            r = _read_shard_row(self._single)
+            if r is None:
+                raise StoreError(f"{self._single}: not a facekit shard")
+            return {r.key: r}
+        if self.path.is_file():
+            try:
+                with h5py.File(self.path, "r") as f:
+                    if f.attrs.get("kind") not in ("index", b"index"):
+                        raise StoreError(f"{self.path}: not a facekit store index")
+            except OSError as e:
+                raise StoreError(f"{self.path}: cannot open ({e})") from e
+        return {r.key: r for r in scan(self.path)}
+
+    def _root_attrs(self) -> dict:
+        src = self._single or self.path
+        if not src.is_file():
+            return {}
+        with h5py.File(src, "r") as f:
+            return attrs_dict(f)
+
+    def shard_path(self, row: ShardRow) -> Path:
+        return self._single if self._single is not None else shards_dir(self.path) / row.shard
+
+    # Mapping interface
+    def __getitem__(self, key: str) -> "Video":
+        row = self._rows[key]
+        f = self._files.get(row.shard)
+        if f is None:
+            f = self._files[row.shard] = h5py.File(self.shard_path(row), "r")
+        return Video(f[video_path(key)], key)
+
+    def __iter__(self):
+        return iter(self._rows)
+
+    def __len__(self):
+        return len(self._rows)
+
+    def rows(self) -> list[ShardRow]:
+        return list(self._rows.values())
+
+    def close(self):
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"<facekit.Store {self.path} videos={len(self)}>"
+
+
+class Frames:
+    """The frames of a video that were processed: ``t`` [F] float64 seconds, ``index`` [F] int64."""
+
+    def __init__(self, group: h5py.Group | None):
+        self.group = group
+        self.attrs = attrs_dict(group) if group is not None else {}
+
+    @property
+    def t(self) -> np.ndarray:
+        return self.group["t"][()] if self.group is not None else np.zeros(0, np.float64)
+
+    @property
+    def index(self) -> np.ndarray:
+        return self.group["index"][()] if self.group is not None else np.zeros(0, np.int64)
+
+    def __len__(self):
+        return 0 if self.group is None else self.group["t"].shape[0]
+
+
+class Faces:
+    """The face table (CSR by frame). Arrays: ``frame`` [N] (row into frames), ``box`` [N,4] xyxy
+    pixels, ``score`` [N], ``kps5`` [N,5,2], and any other ``faces/*`` dataset by attribute or key.
+    ``faces.in_frame(i)`` gives the rows of frame row ``i``."""
+
+    def __init__(self, group: h5py.Group | None, n_frames: int):
+        self.group = group
+        self.n_frames = n_frames
+        self._offsets = None
+
+    def keys(self):
+        return [] if self.group is None else [k for k, v in self.group.items() if isinstance(v, h5py.Dataset)]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if self.group is None or name not in self.group:
+            raise KeyError(f"faces/{name} is not stored")
+        return self.group[name][()]
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        if name.startswith("_") or name in ("group", "n_frames"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(str(e)) from None
+
+    def attrs(self, name: str | None = None) -> dict:
+        if self.group is None:
+            return {}
+        return attrs_dict(self.group if name is None else self.group[name])
+
+    def __len__(self):
+        return 0 if self.group is None or "frame" not in self.group else self.group["frame"].shape[0]
+
+    def in_frame(self, i: int) -> dict[str, np.ndarray]:
+        """All stored face arrays for frame row ``i`` (a dict of arrays with the same length)."""
+        if self._offsets is None:
+            counts = np.bincount(self["frame"], minlength=self.n_frames) if len(self) else np.zeros(self.n_frames, int)
+            self._offsets = np.concatenate([[0], np.cumsum(counts)])
+        a, b = self._offsets[i], self._offsets[i + 1]
+        return {k: self.group[k][a:b] for k in self.keys()}
+
+    def per_frame_counts(self) -> np.ndarray:
+        if not len(self):
+            return np.zeros(self.n_frames, np.int64)
+        return np.bincount(self["frame"], minlength=self.n_frames)
+
+
+class AudioStream:
+    """One audio feature: ``data`` [T, D] float32, ``t`` [T] seconds (window centres), ``attrs``."""
+
+    def __init__(self, group: h5py.Group):
+        self.group = group
+        self.attrs = attrs_dict(group)
+
+    @property
+    def data(self) -> np.ndarray:
+        return self.group["data"][()]
+
+    @property
+    def t(self) -> np.ndarray:
+        return self.group["t"][()]
+
+    def __len__(self):
+        return self.group["t"].shape[0]
+
+
+class Video:
+    """One video of a store. ``attrs`` holds the source, probe results, status, timings, errors."""
+
+    def __init__(self, group: h5py.Group, key: str):
+        self.group = group
+        self.key = key
+        self.attrs = attrs_dict(group)
+
+    @property
+    def status(self) -> str:
+        return self.attrs.get("status", "")
+
+    @property
+    def error(self) -> str:
+        return self.attrs.get("error", "")
+
+    @property
+    def frames(self) -> Frames:
+        return Frames(self.group.get("frames"))
+
+    @property
+    def faces(self) -> Faces:
+        return Faces(self.group.get("faces"), len(self.frames))
+
+    @property
+    def audio(self) -> dict[str, AudioStream]:
+        a = self.group.get("audio")
+        return {} if a is None else {k: AudioStream(g) for k, g in a.items()}
+
+    def __repr__(self):
+        return f"<facekit.Video {self.key!r} status={self.status} frames={len(self.frames)} faces={len(self.faces)}>"

@@ -1,0 +1,153 @@
+"""End-to-end runs of the engine through the Python API: results, resume, failures, reuse."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+import facekit
+from facekit import store
+
+
+def test_extract_generated_clips(clips, tmp_path):
+    out = tmp_path / "feats.h5"
+    s = facekit.extract([str(clips["face"]), str(clips["face2"])], out, progress=False)
+    assert s.ok and len(s.processed) == 2, s.to_dict()
+    with facekit.open(out) as st:
+        assert sorted(st) == ["face.mp4", "sub/face2.mkv"]
+        v = st.videos["face.mp4"]
+        assert v.status == "done"
+        assert len(v.frames) == 20
+        np.testing.assert_allclose(v.frames.t, np.arange(20) / 25, atol=1e-6)
+        assert v.faces.per_frame_counts().tolist() == [1] * 20  # exactly one face in every frame
+        box = v.faces.box
+        assert box.shape == (20, 4) and box.dtype == np.float32
+        assert v.faces.kps5.shape == (20, 5, 2)
+        assert (v.faces.score >= 0.8).all()
+        # the face sits inside the 320x240 frame and the eyes are inside the box
+        assert (box[:, 0] >= -5).all() and (box[:, 2] <= 325).all()
+        k = v.faces.kps5
+        assert ((k[:, :, 0] >= box[:, None, 0]) & (k[:, :, 0] <= box[:, None, 2])).all()
+        mel = v.audio["mel"]
+        assert mel.data.shape[1] == 80 and mel.data.dtype == np.float32
+        assert mel.attrs["hop"] == 160 and mel.attrs["sample_rate"] == 16000
+        np.testing.assert_allclose(np.diff(mel.t), 0.01, atol=1e-9)
+        assert abs(mel.t[-1] - 0.8) < 0.05  # 20 frames at 25 fps = 0.8 s of audio
+        assert v.faces.attrs("box")["weights_sha256"] == facekit.zoo.get("yunet").files[0].sha256
+        assert v.attrs["stage_params"]["detect"]["detector"] == "yunet"
+        assert st.attrs["schema_version"] == facekit.SCHEMA_VERSION
+
+
+def test_resume_skips_finished_and_overwrite_recomputes(clips, tmp_path):
+    out = tmp_path / "feats.h5"
+    s1 = facekit.extract([str(clips["face"])], out, progress=False, stages="detect")
+    assert len(s1.processed) == 1
+    shard = store.shards_dir(out) / store.shard_name("face.mp4")
+    mtime = shard.stat().st_mtime_ns
+    s2 = facekit.extract([str(clips["face"])], out, progress=False, stages="detect")
+    assert len(s2.skipped) == 1 and shard.stat().st_mtime_ns == mtime
+    s3 = facekit.extract([str(clips["face"])], out, progress=False, stages="detect", overwrite=True)
+    assert len(s3.processed) == 1
+    # changing a parameter of a stage recomputes
+    s4 = facekit.extract([str(clips["face"])], out, progress=False, stages="detect", det_threshold=0.7)
+    assert len(s4.processed) == 1
+
+
+def test_new_stage_reuses_stored_detections(clips, tmp_path):
+    out = tmp_path / "feats.h5"
+    facekit.extract([str(clips["face"])], out, progress=False, stages="detect")
+    with facekit.open(out) as st:
+        boxes = st.videos["face.mp4"].faces.box
+    s = facekit.extract([str(clips["face"])], out, progress=False, stages="detect,mel")
+    assert len(s.processed) == 1
+    with facekit.open(out) as st:
+        v = st.videos["face.mp4"]
+        assert v.attrs["reused_stages"] == ["detect"]
+        np.testing.assert_array_equal(v.faces.box, boxes)
+        assert len(v.frames) == 20 and "mel" in v.audio
+
+
+def test_store_as_input_reuses_results(clips, tmp_path):
+    a = tmp_path / "a.h5"
+    facekit.extract([str(clips["face"])], a, progress=False, stages="detect")
+    b = tmp_path / "b.h5"
+    s = facekit.extract([str(a)], b, progress=False, stages="detect,mel")
+    assert s.ok and len(s.processed) == 1
+    with facekit.open(b) as st:
+        v = st.videos["face.mp4"]
+        assert v.attrs["reused_stages"] == ["detect"] and "mel" in v.audio
+
+
+def test_bad_inputs_are_recorded_and_run_continues(clips, bad_files, tmp_path):
+    out = tmp_path / "feats.h5"
+    inputs = [str(clips["face"])] + [str(p) for p in bad_files.values()] + [str(tmp_path / "missing.mp4")]
+    s = facekit.extract(inputs, out, progress=False)
+    assert not s.ok
+    assert len(s.processed) == 1 and len(s.failed) == 4
+    for r in s.failed:
+        assert "\n" not in r.error and r.error
+    causes = {r.path.rsplit("/", 1)[-1]: r.error for r in s.failed}
+    assert "empty" in causes["zero.mp4"]
+    assert "no such file" in causes["missing.mp4"]
+    with facekit.open(out) as st:
+        statuses = {k: st[k].status for k in st}
+        assert statuses["clips0/face.mp4"] == "done"  # keys are relative to the inputs' common root
+        assert sum(v == "failed" for v in statuses.values()) == 4
+        failed = [st[k] for k in st if st[k].status == "failed"]
+        assert all(v.error for v in failed)
+    # failed videos are retried on the next run, finished ones skipped
+    s2 = facekit.extract(inputs, out, progress=False)
+    assert len(s2.skipped) == 1 and len(s2.failed) == 4
+
+
+def test_silent_video_finishes_with_no_audio(clips, tmp_path):
+    out = tmp_path / "feats.h5"
+    s = facekit.extract([str(clips["silent"])], out, progress=False)
+    assert s.ok, s.to_dict()
+    with facekit.open(out) as st:
+        mel = st.videos["silent.mp4"].audio["mel"]
+        assert mel.data.shape == (0, 80) and mel.attrs["audio_status"] == "no audio"
+
+
+def test_workers_give_identical_results(clips, tmp_path):
+    inputs = [str(clips["face"]), str(clips["face2"]), str(clips["silent"])]
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    facekit.extract(inputs, one, progress=False, stages="detect,mel")
+    s = facekit.extract(inputs, two, progress=False, stages="detect,mel", workers=2)
+    assert s.ok and len(s.processed) == 3
+    with facekit.open(one) as a, facekit.open(two) as b:
+        assert list(a) == list(b)
+        for k in a:
+            np.testing.assert_array_equal(a[k].frames.t, b[k].frames.t)
+            np.testing.assert_array_equal(a[k].faces.box, b[k].faces.box)
+            np.testing.assert_array_equal(a[k].audio["mel"].data, b[k].audio["mel"].data)
+
+
+def test_shard_selection_partitions_inputs(clips, tmp_path):
+    inputs = [str(clips["face"]), str(clips["face2"]), str(clips["silent"])]
+    out = tmp_path / "feats.h5"
+    keys = []
+    for i in (1, 2):
+        s = facekit.extract(inputs, out, progress=False, stages="mel", shard=f"{i}/2")
+        keys += [r.key for r in s.results]
+    assert sorted(keys) == ["face.mp4", "silent.mp4", "sub/face2.mkv"]
+    with facekit.open(out) as st:
+        assert len(st) == 3
+
+
+def test_index_is_plain_hdf5_with_external_links(clips, tmp_path, monkeypatch):
+    out = tmp_path / "feats.h5"
+    facekit.extract([str(clips["face"])], out, progress=False, stages="detect")
+    monkeypatch.chdir("/")
+    with h5py.File(out, "r") as f:
+        assert f.attrs["schema_version"] == facekit.SCHEMA_VERSION
+        assert f["videos/face.mp4/faces/box"].shape == (20, 4)
+        assert f["index/key"].asstr()[()].tolist() == ["face.mp4"]
+
+
+def test_unknown_and_unavailable_stages_fail_before_work(clips, tmp_path):
+    with pytest.raises(facekit.stages.StageError, match="not available"):
+        facekit.extract([str(clips["face"])], tmp_path / "x.h5", stages="landmarks")
+    with pytest.raises(facekit.stages.StageError, match="unknown stage"):
+        facekit.extract([str(clips["face"])], tmp_path / "x.h5", stages="nope")
