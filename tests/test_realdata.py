@@ -1,0 +1,79 @@
+"""Results on the real clips in ../shared/data (skipped when absent)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import facekit
+
+pytestmark = pytest.mark.realdata
+
+
+@pytest.fixture(scope="module")
+def grid_store(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("grid") / "grid.h5"
+    s = facekit.extract([str(shared_data / "videos" / "grid")], out, progress=False)
+    assert s.ok, s.to_dict()
+    return out
+
+
+def test_grid_done_when(grid_store):
+    """The issue's acceptance: 11 videos, 75 frames each, one face per frame, mel covering 3 s."""
+    info = facekit.info(grid_store)
+    assert info["videos"] == 11 and info["done"] == 11 and info["failed"] == 0
+    with facekit.open(grid_store) as st:
+        for key in st:
+            v = st[key]
+            assert len(v.frames) == 75, key
+            np.testing.assert_allclose(v.frames.t, np.arange(75) / 25, atol=1e-6)
+            assert v.faces.per_frame_counts().tolist() == [1] * 75, key
+            mel = v.audio["mel"]
+            assert mel.data.shape[1] == 80
+            assert mel.t[0] == pytest.approx(0.0, abs=0.05) and mel.t[-1] == pytest.approx(3.0, abs=0.05)
+            # provenance
+            assert v.attrs["source_path"].endswith(key)
+            assert v.faces.attrs("box")["model"] == "yunet"
+            assert len(v.faces.attrs("box")["weights_sha256"]) == 64
+            assert v.attrs["video_codec"] == "mpeg1video" and v.attrs["container_n_frames"] == -1
+        assert st.attrs["facekit_version"] == facekit.__version__ and "config" in st.attrs
+
+
+def test_grid_speech_is_louder_than_silence(grid_store, shared_data):
+    """The mel features follow the speech: GRID clips start and end with silence."""
+    with facekit.open(grid_store) as st:
+        for key in st:
+            e = st[key].audio["mel"].data.mean(axis=1)
+            n = len(e)
+            assert e[n // 3: 2 * n // 3].mean() > e[: n // 10].mean() + 10, key  # dB
+
+
+def test_vfr_clip_keeps_its_real_timestamps(shared_data, tmp_path):
+    out = tmp_path / "vr.h5"
+    s = facekit.extract([str(shared_data / "videos" / "videoretalking" / "face_1.mp4")], out, progress=False,
+                        stages="detect")
+    assert s.ok
+    with facekit.open(out) as st:
+        v = st["face_1.mp4"]
+        t = v.frames.t
+        assert len(t) == 135 and (np.diff(t) > 0).all()
+        assert v.attrs["fps_nominal"] == pytest.approx(30) and v.attrs["fps_avg"] == pytest.approx(22.1, abs=0.2)
+        assert (v.faces.per_frame_counts() >= 1).mean() >= 0.99
+
+
+def test_hamilton_fps_sampling(shared_data, tmp_path):
+    out = tmp_path / "h.h5"
+    s = facekit.extract([str(shared_data / "videos" / "hamilton_multiface.mp4")], out, progress=False,
+                        stages="detect,mel", fps=5)
+    assert s.ok
+    with facekit.open(out) as st:
+        v = st["hamilton_multiface.mp4"]
+        t = v.frames.t
+        # the video stream starts 0.844 s into the container (its audio at 0): t keeps that offset,
+        # and 5 frames/s over the 9.14 s between its first and last frame gives 46 frames
+        assert t[0] == pytest.approx(0.844, abs=0.01)
+        assert len(t) == 46
+        np.testing.assert_allclose(np.diff(t), 0.2, atol=0.034)  # within one 29.97 fps frame
+        assert v.attrs["width"] == 640 and v.attrs["height"] == 360
+        # frames are sampled from the 275 real frames (no padding to 300)
+        assert v.frames.index.max() < 275
