@@ -1,0 +1,114 @@
+"""The store: atomic shards, index rebuild, the reader, crash leftovers, concurrent runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import facekit
+from facekit import store
+
+
+def _write(out, key, n=3, status="done"):
+    w = store.VideoWriter(out, key)
+    w.create("frames/t", dtype="f8")
+    w.append("frames/t", np.arange(n) / 10)
+    w.create("faces/frame", dtype="i8")
+    w.create("faces/box", (4,), "f4")
+    w.append("faces/frame", np.arange(n))
+    w.append("faces/box", np.ones((n, 4), np.float32))
+    return w, w.commit({"status": status, "n_frames": n, "n_faces": n, "stages": ["detect"]})
+
+
+def test_writer_is_atomic_and_abort_leaves_nothing(tmp_path):
+    out = tmp_path / "s.h5"
+    store.check_writable(out)
+    w = store.VideoWriter(out, "a/b.mp4")
+    assert w.tmp.exists() and not w.final.exists()
+    w.abort()
+    assert not w.tmp.exists() and not w.final.exists()
+    _, final = _write(out, "a/b.mp4")
+    assert final.exists() and [p for p in final.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_reader_sees_shards_without_index_and_index_rebuild(tmp_path):
+    out = tmp_path / "s.h5"
+    store.check_writable(out)
+    _write(out, "x.mp4")
+    _write(out, "dir/y.mp4", n=5)
+    # no index yet (as after a crash): the reader scans the shards directory
+    with facekit.open(out) as st:
+        assert sorted(st) == ["dir/y.mp4", "x.mp4"]
+        assert len(st["dir/y.mp4"].frames) == 5
+        assert st["x.mp4"].faces.in_frame(1)["box"].shape == (1, 4)
+    rows = store.rebuild_index(out, {"command": "test"})
+    assert [r.key for r in rows] == ["dir/y.mp4", "x.mp4"]
+    with h5py.File(out, "r") as f:
+        assert f.attrs["command"] == "test" and f.attrs["kind"] == "index"
+        assert f["videos/dir/y.mp4/frames/t"].shape == (5,)
+    # a shard finished after the index was built is still visible
+    _write(out, "z.mp4")
+    with facekit.open(out) as st:
+        assert "z.mp4" in st
+    # the shards directory and a single shard open too
+    assert len(facekit.open(store.shards_dir(out))) == 3
+    one = facekit.open(store.shards_dir(out) / store.shard_name("x.mp4"))
+    assert list(one) == ["x.mp4"]
+
+
+def test_stale_temporary_shards_are_cleaned(tmp_path):
+    out = tmp_path / "s.h5"
+    store.check_writable(out)
+    d = store.shards_dir(out)
+    import socket
+
+    host = socket.gethostname().replace(".", "_")
+    dead = d / f".abc.h5.{host}.999999999.dead{store.TMP_SUFFIX}"
+    alive = d / f".def.h5.{host}.{os.getpid()}.live{store.TMP_SUFFIX}"
+    dead.write_bytes(b"x")
+    alive.write_bytes(b"x")
+    assert store.clean_stale_temps(out) == 1
+    assert not dead.exists() and alive.exists()
+
+
+def test_not_a_store_is_a_clear_error(tmp_path):
+    with pytest.raises(store.StoreError, match="no such facekit store"):
+        facekit.open(tmp_path / "nothing.h5")
+    p = tmp_path / "plain.h5"
+    with h5py.File(p, "w") as f:
+        f["x"] = 1
+    with pytest.raises(store.StoreError, match="not a facekit store"):
+        facekit.open(p)
+    d = tmp_path / "isdir.h5"
+    d.mkdir()
+    with pytest.raises(store.StoreError, match="is a directory"):
+        store.check_writable(d)
+
+
+def test_attrs_roundtrip():
+    assert store.from_attr(store.to_attr({"a": [1, 2]})) == {"a": [1, 2]}
+    assert store.from_attr(store.to_attr(None)) == ""
+    assert store.from_attr(np.int64(3)) == 3
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_into_one_store(clips, tmp_path):
+    out = tmp_path / "feats.h5"
+    inputs = [str(clips["face"]), str(clips["face2"]), str(clips["silent"])]
+    cmd = [sys.executable, "-m", "facekit", "extract", *inputs, "-o", str(out), "-q", "--json"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    with facekit.open(out) as st:
+        assert sorted(st) == ["face.mp4", "silent.mp4", "sub/face2.mkv"]
+        assert all(st[k].status == "done" for k in st)
+    with h5py.File(out, "r") as f:
+        assert sorted(f["index/key"].asstr()[()]) == ["face.mp4", "silent.mp4", "sub/face2.mkv"]
+    assert [p.name for p in store.shards_dir(out).iterdir() if p.name.endswith(".tmp")] == []
