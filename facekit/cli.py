@@ -200,6 +200,35 @@ def info(store_path, as_json, brief):
     click.echo(json.dumps(d, indent=2, default=str) if as_json else format_info(d, per_video=not brief))
 
 
+@main.command()
+@click.argument("src", metavar="INPUT", type=click.Path(exists=True))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              help="A .png/.jpg contact sheet of sampled frames, or an .mp4/.mkv video with overlays.")
+@click.option("--from", "store_path", type=click.Path(exists=True), default=None,
+              help="Draw the results stored in this store (default: compute them now).")
+@click.option("--stages", default=None, metavar="LIST", help="Stages to compute when --from is not given.")
+@click.option("--frames", "n_frames", type=click.IntRange(min=1), default=12, show_default=True,
+              help="Frames in a contact sheet.")
+@click.option("--columns", type=click.IntRange(min=1), default=4, show_default=True, help="Contact-sheet columns.")
+def preview(src, out, store_path, stages, n_frames, columns):
+    """Draw boxes, track ids, landmarks and pose axes over INPUT's frames.
+
+    \b
+    Examples:
+      facekit preview clip.mp4 -o sheet.png                  # compute and show 12 frames
+      facekit preview clip.mp4 --from feats.h5 -o check.mp4  # what the store holds, as a video
+    """
+    from .preview import PreviewError, preview as run_preview
+    from .stages import StageError
+    from .store import StoreError
+
+    try:
+        click.echo(run_preview(src, out, store_path, n_frames=n_frames, columns=columns, stages=stages))
+    except (PreviewError, StoreError, StageError, zoo.ModelError) as e:
+        click.echo(f"facekit: error: {e}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
 @main.group()
 def models():
     """The model zoo: list, locate, fetch and verify model weights.
