@@ -58,8 +58,27 @@ def run_options(f):
                      help="IoU above which overlapping detections are merged."),
         click.option("--det-size", type=click.IntRange(min=0), default=_D.det_size, show_default=True,
                      help="Downscale frames whose long side exceeds N pixels for the detector (0: never)."),
+        click.option("--max-faces", type=click.IntRange(min=1), default=None,
+                     help="Keep only the faces of the K main tracks (stage track)."),
+        click.option("--primary", is_flag=True, help="Keep only the main face (the primary track)."),
+        click.option("--per-shot", is_flag=True, help="Apply --max-faces/--primary within each shot."),
+        click.option("--track-max-gap", type=click.FloatRange(min=0), default=_D.track_max_gap, show_default=True,
+                     help="Seconds a track survives without a detection."),
         click.option("--landmarker", default=_D.landmarker, show_default=True,
                      help="68-point landmark model name (stage landmarks)."),
+        click.option("--align-template", type=click.Choice(["arcface", "ffhq"]), default=_D.align_template,
+                     show_default=True,
+                     help="Crop template: arcface (5 key points, 112 px) or ffhq (68 landmarks, 256 px)."),
+        click.option("--crop-size", type=click.IntRange(min=16), default=None,
+                     help="Crop side in pixels (default: 112 arcface, 256 ffhq)."),
+        click.option("--crop-margin", type=click.FloatRange(min=0), default=_D.crop_margin, show_default=True,
+                     help="Extra field of view around the template, as a fraction of the crop side."),
+        click.option("--images", type=click.Path(file_okay=False), default=None,
+                     help="Also write crops as images: DIR/<video key>/track<id>/<frame>_<face>.jpg."),
+        click.option("--format", "image_format", type=click.Choice(["jpg", "png"]), default=_D.image_format,
+                     show_default=True, help="File format of --images."),
+        click.option("--store-crops/--no-store-crops", "crops_in_store", default=True, show_default=True,
+                     help="Write faces/crop into the store."),
         click.option("--mel-n-mels", type=click.IntRange(min=1), default=_D.mel_n_mels, show_default=True,
                      help="log-Mel: number of mel bands."),
         click.option("--mel-n-fft", type=click.IntRange(min=16), default=_D.mel_n_fft, show_default=True,
@@ -170,6 +189,15 @@ _stage_command("extract", "Compute features for every input video into one store
 _stage_command("detect", "Detect faces (boxes, scores, 5 key points) in every frame.", """
       facekit detect clip.mp4 -o faces.h5
       facekit detect videos/ -o faces.h5 --det-threshold 0.6 --det-size 1280
+""")
+_stage_command("align", "Detect, track and landmark faces and align them to a crop template (faces/affine).", """
+      facekit align videos/ -o feats.h5
+      facekit align videos/ -o feats.h5 --align-template ffhq --crop-size 224
+""")
+_stage_command("crop", "Aligned face crops into the store (faces/crop) and/or as image files.", """
+      facekit crop videos/ -o feats.h5                             # 112x112 ArcFace crops
+      facekit crop videos/ -o feats.h5 --images crops/ --no-store-crops --format png
+      facekit crop videos/ -o feats.h5 --align-template ffhq --crop-margin 0.1
 """)
 _stage_command("audio", "Compute audio features (log-Mel) of every input.", """
       facekit audio videos/ -o audio.h5

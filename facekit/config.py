@@ -15,13 +15,15 @@ from .media import DEFAULT_BATCH_SIZE, DEFAULT_FRAME_RATE
 DEFAULT_STAGES = {
     "extract": ["detect", "track", "landmarks", "align", "pose", "mel"],
     "detect": ["detect"],
+    "align": ["detect", "track", "landmarks", "align"],
+    "crop": ["detect", "track", "landmarks", "align", "crop"],
     "audio": ["mel"],
 }
 
 
 @dataclass
 class Config:
-    stages: list[str] = field(default_factory=lambda: ["detect", "mel"])
+    stages: list[str] | None = None  # None: the default of `facekit extract` (DEFAULT_STAGES)
     # frames
     fps: float | None = None  # sample frames at this rate (by timestamp); None = every frame
     max_side: int | None = None  # downscale decoded frames so max(H, W) <= this
@@ -33,8 +35,20 @@ class Config:
     det_threshold: float = 0.8  # minimum detection score
     det_nms: float = 0.3  # IoU above which overlapping detections are suppressed
     det_size: int = 960  # frames with a longer side are downscaled to it for the detector; 0 = never
+    # tracking and face selection
+    track_max_gap: float = 1.0  # seconds a track survives without a detection
+    max_faces: int | None = None  # keep the faces of the K best tracks (PRIMARY_RULE score)
+    primary: bool = False  # keep only the primary (main) face
+    per_shot: bool = False  # apply --max-faces/--primary within each shot
     # landmarks
     landmarker: str = "dlib68"
+    # alignment and crops
+    align_template: str = "arcface"  # "arcface" (5 key points) or "ffhq" (68 landmarks)
+    crop_size: int | None = None  # pixels; default 112 for arcface, 256 for ffhq
+    crop_margin: float = 0.0  # extra field of view, fraction of the crop side on each side
+    crops_in_store: bool = True  # write faces/crop into the store
+    images: str | None = None  # also write crops as image files below this directory
+    image_format: str = "jpg"  # "jpg" or "png"
     # log-Mel
     mel_n_mels: int = 80
     mel_n_fft: int = 400  # samples (25 ms at 16 kHz)

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import stages as stages_mod
 from . import store
-from .config import Config
+from .config import DEFAULT_STAGES, Config
 from .inputs import Unit, collect, select_shard
 from .media import MediaError, iter_frames, prefetch, probe, read_audio
 from .version import __version__
@@ -139,6 +139,10 @@ def _old_video(shard: Path) -> tuple[dict | None, str | None]:
     return None, None
 
 
+def pipe_consumes(pipe, name: str) -> str:
+    return next(s.consumes for s in pipe if s.name == name)
+
+
 def _copy_outputs(src_path: str, key: str, writer: store.VideoWriter, paths) -> None:
     import h5py
 
@@ -178,7 +182,19 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False) -> R
             reuse_src, reuse_params = unit.reuse_from, a.get("stage_params") or {}
     elif old and old.get("status") == store.STATUS_DONE and same_source:
         reuse_src, reuse_params = str(shard), old.get("stage_params") or {}
-    reused = {n for n, p in params.items() if reuse_params.get(n) == p}
+    if reuse_src and _old_video(Path(reuse_src))[0].get("faces_filtered"):
+        # faces were dropped by --max-faces/--primary: the stored detections are not all of them
+        reuse_params = {n: p for n, p in reuse_params.items() if n not in params or pipe_consumes(pipe, n) != "frames"}
+    # a frame stage is reused only if every frame stage before it is (later ones consume earlier
+    # ones' faces); audio stages are independent of each other
+    reused: set[str] = set()
+    if reuse_src:
+        for st in pipe:
+            if reuse_params.get(st.name) != params[st.name]:
+                if st.consumes == "frames":
+                    break
+                continue
+            reused.add(st.name)
 
     warnings: list[str] = []
     attrs: dict = {"key": unit.key, "source_path": unit.path, "source_kind": unit.kind, **stamp,
@@ -203,14 +219,18 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False) -> R
                 raise MediaError(unit.path, "no video stream (face stages need one)")
             t0 = time.perf_counter()
             todo = [s for s in frame_stages if s.name not in reused]
-            if reuse_src and [s for s in frame_stages if s.name in reused]:
+            if not todo:  # everything stored: copy, no decoding
                 _copy_outputs(reuse_src, unit.key, writer,
-                              [p for s in frame_stages if s.name in reused for p in s.outputs]
-                              + ([] if todo else ["frames"]))
-            if todo:
-                n_rows = _run_frames(unit, info, config, todo, writer, warnings)
-            else:
+                              ["frames"] + [p for s in frame_stages for p in s.outputs])
                 n_rows = int(writer.group["frames/t"].shape[0])
+            else:
+                runners = [_Replay(s, reuse_src, unit.key) if s.name in reused else s for s in frame_stages]
+                try:
+                    n_rows = _run_frames(unit, info, config, runners, writer, warnings)
+                finally:
+                    for r in runners:
+                        if isinstance(r, _Replay):
+                            r.close()
             timings["frames"] = time.perf_counter() - t0
         if audio_stages:
             t0 = time.perf_counter()
@@ -228,6 +248,7 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False) -> R
             timings["audio"] = time.perf_counter() - t0
         n_faces = int(writer.group["faces/frame"].shape[0]) if "faces/frame" in writer.group else 0
         timings["total"] = time.perf_counter() - t_start
+        attrs["faces_filtered"] = writer.filtered  # {} unless --max-faces/--primary dropped faces
         attrs.update({"status": store.STATUS_DONE, "error": "", "warnings": warnings, "n_frames": n_rows,
                       "n_faces": n_faces, "timings": timings, "reused_stages": sorted(reused),
                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -255,6 +276,42 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False) -> R
             cause += f" (and the failure could not be recorded: {e2})"
         return Result(unit.key, unit.path, "failed", error=cause, warnings=warnings,
                       seconds=time.perf_counter() - t_start)
+
+
+class _Replay:
+    """Stands in for a stage whose stored outputs are reused: feeds its rows batch by batch from
+    an earlier shard (same frames, same params), so the stages after it see the same faces."""
+
+    def __init__(self, stage, shard: str, key: str):
+        import h5py
+
+        self.stage, self.name = stage, stage.name
+        self._file = h5py.File(shard, "r")
+        self._old = self._file[store.video_path(key)]
+        frame = self._old["faces/frame"][()] if "faces/frame" in self._old else np.zeros(0, np.int64)
+        self._frame = frame
+
+    def begin(self, writer, info) -> None:
+        for path in self.stage.outputs:
+            if path.startswith("faces/") and path in self._old:
+                ds = self._old[path]
+                writer.create(path, ds.shape[1:], ds.dtype, attrs=store.attrs_dict(ds),
+                              compression=ds.compression)
+
+    def on_frames(self, batch, row0: int, writer) -> None:
+        a, b = np.searchsorted(self._frame, [row0, row0 + len(batch.t_sec)])
+        for path in self.stage.outputs:
+            if path.startswith("faces/") and path in self._old:
+                batch.faces[path[len("faces/"):]] = self._old[path][a:b]
+        self.stage.write_faces(writer, batch)
+
+    def end(self, writer) -> None:
+        other = [p for p in self.stage.outputs if not p.startswith("faces/")]
+        if other:
+            _copy_outputs(self._file.filename, self._old.attrs["key"], writer, other)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _run_frames(unit, info, config, todo, writer, warnings) -> int:
@@ -311,7 +368,7 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
     """Run the pipeline over ``inputs`` into the store ``out``; the Python form of ``facekit extract``.
 
     inputs: paths (files, directories, ``@list.txt``, ``-``) as on the command line.
-    stages: names (list or comma-separated); prerequisites are added. Default: detect,mel.
+    stages: names (list or comma-separated); prerequisites are added. Default: as ``facekit extract``.
     options: any ``facekit.config.Config`` field (fps, max_side, det_threshold, workers, ...).
     on_result: called with each ``Result`` as it arrives (the CLI prints failures from it).
     Returns a Summary; nothing is raised for bad videos (they are in ``summary.failed``).
@@ -322,7 +379,14 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [os.fspath(inputs)]
     cfg = Config.from_kwargs(**options)
-    cfg.stages = stages_mod.resolve(stages if stages is not None else cfg.stages)
+    names = stages if stages is not None else cfg.stages
+    if names is None:
+        avail = set(stages_mod.available())
+        names = [s for s in DEFAULT_STAGES["extract"] if s in avail]
+    names = names.split(",") if isinstance(names, str) else list(names)
+    if cfg.max_faces or cfg.primary:
+        names.append("track")  # face selection needs tracks
+    cfg.stages = stages_mod.resolve(names)
     if cfg.device != "cpu":
         raise stages_mod.StageError(f"--device {cfg.device}: only cpu is supported in this version")
     out = os.fspath(out)

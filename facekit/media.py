@@ -47,7 +47,7 @@ class MediaError(Exception):
 
 @dataclass
 class MediaInfo:
-    """What ``probe`` learns from a file's headers (nothing is decoded).
+    """What ``probe`` learns from a file's headers (and, for the rotation, its first video frame).
 
     ``width``/``height`` are display size (after rotation). ``n_frames`` is the container's
     claim (None when absent) and ``fps_nominal``/``fps_avg`` are the stream's nominal
@@ -144,17 +144,62 @@ def _open_av(path: str):
     import av
 
     _check_readable(path)
+    if os.path.isdir(path):
+        raise MediaError(path, "is a directory, not a media file")
     try:
         return av.open(path, metadata_errors="ignore")
     except av.error.FFmpegError as e:
-        raise MediaError(path, f"not a readable media file ({_av_reason(e)})") from e
+        hint = _sniff(path)
+        raise MediaError(path, f"not a readable media file ({_av_reason(e)}{'; ' + hint if hint else ''})") from e
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise MediaError(path, f"cannot open: {e}") from e
 
 
 def _av_reason(e: Exception) -> str:
+    """FFmpeg's message for an error, without the errno and file-name decorations."""
     msg = getattr(e, "strerror", None) or str(e)
     return msg.split(":")[0].strip() if "Errno" in msg else msg
+
+
+def _sniff(path: str) -> str:
+    """A likelier cause than FFmpeg's generic "Invalid data" for a file it cannot open ("" if none)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            if head[4:8] in (b"ftyp", b"mdat", b"moov", b"free", b"wide", b"skip"):  # ISO-BMFF (mp4/mov)
+                boxes, off, size_total = [], 0, os.fstat(f.fileno()).st_size
+                while off + 8 <= size_total and len(boxes) < 1000:
+                    f.seek(off)
+                    hdr = f.read(16)
+                    size, typ = int.from_bytes(hdr[:4], "big"), hdr[4:8]
+                    if size == 1 and len(hdr) == 16:
+                        size = int.from_bytes(hdr[8:16], "big")
+                    elif size == 0:
+                        size = size_total - off
+                    boxes.append(typ)
+                    if size < 8:
+                        break
+                    off += size
+                if b"moov" not in boxes:
+                    return "MP4/MOV without a moov atom: the recording was not finalized or the file is cut"
+                if off > size_total:
+                    return "MP4/MOV truncated"
+                return ""
+    except OSError:
+        return ""
+    if head and b"\0" not in head:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if e.start < len(head) - 4:  # not just a multi-byte character cut at the end
+                return ""
+        return "looks like a text file"
+    return ""
+
+
+def _seconds(pts: int, time_base, origin: Fraction) -> float:
+    """``pts * time_base - origin`` in seconds, computed exactly and rounded once."""
+    return float(pts * Fraction(time_base) - origin)
 
 
 def _frame_rotation(frame) -> int:
@@ -165,13 +210,6 @@ def _frame_rotation(frame) -> int:
     """
     rot = getattr(frame, "rotation", 0) or 0
     return int(round(-rot / 90.0) * 90) % 360
-
-
-def _rotate(rgb: np.ndarray, cw_degrees: int) -> np.ndarray:
-    if cw_degrees == 0:
-        return rgb
-    k = {90: -1, 180: 2, 270: 1}[cw_degrees]  # np.rot90 turns counter-clockwise for k > 0
-    return np.ascontiguousarray(np.rot90(rgb, k=k, axes=(0, 1)))
 
 
 def _fps(rate) -> float | None:
@@ -185,7 +223,10 @@ def _fps(rate) -> float | None:
 
 
 def probe(path: str | os.PathLike, frame_rate: float = DEFAULT_FRAME_RATE) -> MediaInfo:
-    """Read a media file's (or a folder of frames') properties without decoding it.
+    """Read a media file's (or a folder of frames') properties from its headers.
+
+    Only the first video frame is decoded: PyAV exposes the display matrix (``rotation``) on
+    decoded frames only. Images are read whole (their size).
 
     Raises MediaError for missing, empty, unreadable or non-media files and for files with
     neither a video nor an audio stream.
@@ -303,40 +344,59 @@ def iter_frames(
     """Stream a video (or image, or folder of frames) as ``FrameBatch``es of at most ``batch_size``.
 
     fps: keep the first frame at or after each 1/fps tick (sampling by timestamp, not index).
-    max_side: downscale so that the longer side is at most this many pixels.
-    warnings: when given, a decode error after at least one good frame appends a message here
-      and ends the stream (the decodable prefix is kept); with no good frame it raises MediaError.
-    Memory is bounded by one batch.
+    max_side: downscale so that the longer side is at most this many pixels (None or 0: never;
+      frames are never upscaled). ``FrameBatch.scale`` says by how much.
+    frame_rate: the rate of a folder of frames (frame i is at ``i / frame_rate`` s).
+    warnings: a damaged or truncated video is not an error once at least one frame decodes:
+      corrupt packets (a truncated MP4's cut packet) and corrupt frames are skipped, a decode
+      error ends the stream, and the frames decoded so far are kept; when this list is given one
+      message is appended (also when the stream ends well before the duration its MP4/Matroska
+      header declares). With no good frame at all it raises MediaError.
+    Memory is bounded by one batch. Each batch's arrays are freshly allocated (safe to keep).
     """
     path = os.fspath(path)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be > 0 or None, got {fps}")
+    if max_side is not None and max_side < 0:
+        raise ValueError(f"max_side must be >= 1 (or 0/None: no downscaling), got {max_side}")
     info = info or probe(path, frame_rate=frame_rate)
     if not info.has_video:
-        raise MediaError(path, "no video stream")
+        raise MediaError(path, "no video stream" + (" (audio-only file)" if info.has_audio else ""))
     sampler = _FpsSampler(fps)
     out_w, out_h, scale = _target_size(info.width, info.height, max_side)
-    buf_rgb: list[np.ndarray] = []
+    rgb_buf: np.ndarray | None = None  # filled in place: one copy per frame, no np.stack
     buf_t: list[float] = []
     buf_i: list[int] = []
 
     def flush():
-        b = FrameBatch(np.stack(buf_rgb), np.asarray(buf_t, np.float64), np.asarray(buf_i, np.int64), scale)
-        buf_rgb.clear(), buf_t.clear(), buf_i.clear()
+        k = len(buf_t)
+        rgb = rgb_buf if k == len(rgb_buf) else rgb_buf[:k].copy()  # don't pin a mostly-empty buffer
+        b = FrameBatch(rgb, np.asarray(buf_t, np.float64), np.asarray(buf_i, np.int64), scale)
+        buf_t.clear(), buf_i.clear()
         return b
 
     for i, t, rgb in _decode(path, info, out_w, out_h, frame_rate, warnings):
         if not sampler.keep(t):
             continue
-        buf_rgb.append(rgb)
+        if rgb_buf is None:
+            rgb_buf = np.empty((batch_size, out_h, out_w, 3), np.uint8)
+        rgb_buf[len(buf_t)] = rgb
         buf_t.append(t)
         buf_i.append(i)
-        if len(buf_rgb) >= batch_size:
+        if len(buf_t) >= batch_size:
             yield flush()
-    if buf_rgb:
+            rgb_buf = None
+    if buf_t:
         yield flush()
 
 
 def _decode(path, info: MediaInfo, out_w, out_h, frame_rate, warnings):
-    """Yield (index, t_sec, rgb[out_h, out_w, 3]) for every decoded frame."""
+    """Yield (index, t_sec, rgb[out_h, out_w, 3]) for every decoded frame.
+
+    ``rgb`` may be a view into a buffer reused for the next frame: copy it before advancing.
+    """
     import cv2
 
     if info.kind in ("image", "frames"):
@@ -349,40 +409,98 @@ def _decode(path, info: MediaInfo, out_w, out_h, frame_rate, warnings):
         return
 
     import av
+    from av.video.reformatter import VideoReformatter
 
     container = _open_av(path)
     try:
         vs = container.streams.video[0]
-        vs.thread_type = "AUTO"
-        t_origin = (container.start_time or 0) / 1_000_000
+        vs.thread_type = "AUTO"  # frame threading: ~2x faster, but it hides decode errors (see below)
+        origin = Fraction(container.start_time or 0, 1_000_000)
         rot = info.rotation
         # the decoder's frame size before rotation
         dec_w, dec_h = (out_h, out_w) if rot in (90, 270) else (out_w, out_h)
+        resize = (dec_w, dec_h) != (int(vs.codec_context.width or 0), int(vs.codec_context.height or 0))
+        # one reformatter for the whole stream: a frame's own .reformat() builds a new swscale
+        # context (and thread pool) per frame
+        reformatter = VideoReformatter()
+        k_rot = {0: 0, 90: -1, 180: 2, 270: 1}[rot]  # np.rot90 turns counter-clockwise for k > 0
         n = 0
         last_t = -math.inf
+        problems: list[str] = []
+        bad_packets: list = []  # times (s) of corrupt packets skipped
+        bad_frames = 0
+
+        def frames_of(packets):
+            nonlocal bad_frames
+            for packet in packets:
+                if packet.is_corrupt:
+                    # with frame threading a cut packet does not raise: the demuxer's corrupt flag
+                    # is how a truncated MP4 shows. Skip it (ffmpeg's -fflags discardcorrupt).
+                    bad_packets.append(_seconds(packet.pts, packet.time_base, origin)
+                                       if packet.pts is not None else None)
+                    continue
+                for frame in packet.decode():  # demux ends with an empty packet: drains the decoder
+                    if frame.is_corrupt:  # e.g. decoded from a missing reference
+                        bad_frames += 1
+                        continue
+                    yield frame
+
         try:
-            for frame in container.decode(vs):
+            for frame in frames_of(container.demux(vs)):
                 if frame.pts is not None and frame.time_base is not None:
-                    t = float(frame.pts * frame.time_base) - t_origin
+                    t = _seconds(frame.pts, frame.time_base, origin)
                 else:  # no timestamp: continue the stream's nominal rate
                     t = last_t + 1.0 / (info.fps_nominal or frame_rate) if n else 0.0
-                if frame.width != dec_w or frame.height != dec_h:
-                    rgb = frame.reformat(width=dec_w, height=dec_h, format="rgb24",
-                                         interpolation="AREA").to_ndarray()
+                if frame.width != dec_w or frame.height != dec_h or resize:
+                    rgb = reformatter.reformat(frame, width=dec_w, height=dec_h, format="rgb24",
+                                               interpolation="AREA").to_ndarray()
                 else:
-                    rgb = frame.to_ndarray(format="rgb24")
-                yield n, t, _rotate(rgb, rot)
+                    rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
+                yield n, t, (np.rot90(rgb, k=k_rot) if k_rot else rgb)
                 last_t = t
                 n += 1
         except (av.error.FFmpegError, ValueError) as e:
             if n == 0:
                 raise MediaError(path, f"cannot decode video ({_av_reason(e)})") from e
-            if warnings is not None:
-                warnings.append(f"decoding stopped after {n} frames ({_av_reason(e)}); kept the decodable prefix")
+            problems.append(f"decoding stopped by an error ({_av_reason(e)})")
+        if bad_packets:
+            first = next((x for x in bad_packets if x is not None), None)
+            problems.append(f"skipped {len(bad_packets)} corrupt packet(s)"
+                            + (f", the first at {first:.2f} s" if first is not None else ""))
+        if bad_frames:
+            problems.append(f"dropped {bad_frames} corrupt frame(s)")
         if n == 0:
-            raise MediaError(path, "video stream holds no decodable frame")
+            raise MediaError(path, "video stream holds no decodable frame"
+                             + (f" ({'; '.join(problems)})" if problems else ""))
+        if not problems:
+            declared = _declared_video_end(container, vs, origin)
+            period = 1.0 / (info.fps_avg or info.fps_nominal or frame_rate)
+            if declared is not None and declared - (last_t + period) > max(0.5, 3 * period, 0.05 * declared):
+                problems.append(f"the video ends at {last_t + period:.2f} s but the container "
+                                f"declares {declared:.2f} s")
+        if problems and warnings is not None:
+            warnings.append(f"video truncated or damaged: {'; '.join(problems)}; kept {n} decodable frames")
     finally:
         container.close()
+
+
+def _declared_video_end(container, vs, origin: Fraction) -> float | None:
+    """End time (s, from the container start) the headers declare for the video stream, when they are
+    trustworthy (MP4/MOV sample tables, Matroska DURATION tags); None otherwise (MPEG-PS/TS durations
+    are estimates from the bit rate)."""
+    fmt = container.format.name or ""
+    if "mov" in fmt or "mp4" in fmt:
+        if vs.duration and vs.time_base:
+            start = Fraction(vs.start_time or 0) * Fraction(vs.time_base) - origin
+            return float(start + vs.duration * Fraction(vs.time_base))
+    elif "matroska" in fmt or "webm" in fmt:
+        tag = next((v for k, v in (vs.metadata or {}).items() if k.upper() == "DURATION"), None)
+        try:
+            h, m, sec = str(tag).split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec) - float(origin)
+        except (ValueError, TypeError):
+            return None
+    return None
 
 
 def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, warnings: list | None = None
@@ -391,34 +509,48 @@ def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, warnings
 
     Returns (samples [S] float32 in [-1, 1], start_sec): ``start_sec`` is the time of the first
     sample relative to the container start (the video clock's origin). Resampling and down-mix
-    are done by FFmpeg's swresample. Raises MediaError when there is no audio stream.
+    are done by FFmpeg's swresample; the down-mix is the mean of the channels. Raises MediaError
+    when there is no audio stream. A damaged or truncated stream keeps its decodable prefix (a
+    message is appended to ``warnings`` when given); with nothing decodable it raises MediaError.
     """
     import av
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise MediaError(path, "no audio stream (a folder of image frames)")
     container = _open_av(path)
     try:
         if not container.streams.audio:
             raise MediaError(path, "no audio stream")
         stream = container.streams.audio[0]
-        t_origin = (container.start_time or 0) / 1_000_000
+        origin = Fraction(container.start_time or 0, 1_000_000)
         # rematrix_maxval=1: the down-mix is the mean of the channels (as `ffmpeg -ac 1` to s16,
         # what whisper.load_audio uses); swresample's float default is (L+R)/sqrt(2).
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate,
                                       options={"rematrix_maxval": "1.0"})
         chunks: list[np.ndarray] = []
         start_sec = None
+        problem = None
+        bad_packets = 0
         try:
-            for frame in container.decode(stream):
-                if start_sec is None and frame.pts is not None and frame.time_base is not None:
-                    start_sec = float(frame.pts * frame.time_base) - t_origin
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
+            for packet in container.demux(stream):
+                if packet.is_corrupt:  # e.g. the cut packet at the end of a truncated file
+                    bad_packets += 1
+                    continue
+                for frame in packet.decode():
+                    if start_sec is None and frame.pts is not None and frame.time_base is not None:
+                        start_sec = _seconds(frame.pts, frame.time_base, origin)
+                    for out in resampler.resample(frame):
+                        chunks.append(out.to_ndarray().reshape(-1))
         except (av.error.FFmpegError, ValueError) as e:
             if not chunks:
                 raise MediaError(path, f"cannot decode audio ({_av_reason(e)})") from e
-            if warnings is not None:
-                warnings.append(f"audio decoding stopped early ({_av_reason(e)}); kept the decodable prefix")
+            problem = f"decoding stopped by an error ({_av_reason(e)})"
+        if bad_packets:
+            problem = "; ".join(filter(None, [problem, f"skipped {bad_packets} corrupt packet(s)"]))
+        if problem is not None and warnings is not None:
+            warnings.append(f"audio truncated or damaged: {problem}; kept {len(chunks) and sum(map(len, chunks))}"
+                            f" samples")
         for out in resampler.resample(None):  # flush the resampler's delay line
             chunks.append(out.to_ndarray().reshape(-1))
         samples = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
@@ -430,28 +562,43 @@ def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, warnings
 def prefetch(iterable, depth: int = 2):
     """Run an iterator in a background thread, ``depth`` items ahead (decode overlaps inference).
 
-    Exceptions raised by the iterator are re-raised in the consumer.
+    Exceptions raised by the iterator are re-raised in the consumer. When the consumer stops early
+    (``close()``, ``break`` then garbage collection), the worker stops and closes the source iterator
+    (e.g. ``iter_frames``, which then closes its file).
     """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
+    source = iter(iterable)
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def worker():
         try:
-            for item in iterable:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+            for item in source:
+                if not put(item):
                     return
-            q.put(done)
+            put(done)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            q.put(e)
+            put(e)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - nothing left to report it to
+                    pass
 
-    th = threading.Thread(target=worker, daemon=True)
+    th = threading.Thread(target=worker, daemon=True, name="facekit-prefetch")
     th.start()
     try:
         while True:

@@ -81,7 +81,8 @@ def _pose_axes(faces: dict, size: tuple[int, int]) -> np.ndarray | None:
         from .face.pose import pose_axes_2d
     except ImportError:
         return None
-    return pose_axes_2d(faces["landmarks"], size)
+    box = faces["box"]
+    return pose_axes_2d(faces["pose"], faces["landmarks"][:, 30, :2], 0.5 * (box[:, 2] - box[:, 0]))
 
 
 def _find_video(st: Store, src: str) -> Video:

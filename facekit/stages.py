@@ -71,7 +71,7 @@ def register(cls: type[Stage]) -> type[Stage]:
 
 
 def load_builtin() -> None:
-    from .face import detect, landmarks  # noqa: F401  (register "detect", "landmarks")
+    from .face import crop, detect, landmarks, pose, tracking  # noqa: F401  (register their stages)
     from .audio import mel  # noqa: F401  (registers "mel")
 
 

@@ -142,6 +142,7 @@ class VideoWriter:
                               "kind": "shard"})
         self.group = self.file.create_group(video_path(key))
         self.group.attrs["key"] = key
+        self.filtered: dict = {}  # set when --max-faces/--primary dropped faces (see engine)
 
     def create(self, name: str, shape_tail=(), dtype="f4", data=None, growable=True, attrs=None,
                compression=None, chunk_rows=None):

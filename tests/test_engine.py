@@ -159,7 +159,7 @@ def test_landmarks_stage_adds_detect_and_lands_on_the_face(clips, tmp_path):
     assert s.ok
     with facekit.open(out) as st:
         v = st["face.mp4"]
-        assert v.attrs["stages"] == ["detect", "landmarks"]
+        assert v.attrs["stages"] == ["detect", "landmarks"]  # prerequisites added
         lm, box, kps = v.faces.landmarks, v.faces.box, v.faces.kps5
         assert lm.shape == (20, 68, 2) and v.faces.attrs("landmarks")["scheme"] == "ibug68"
         # eye centres of the 68 points agree with the detector's eye key points (a few pixels)
@@ -173,3 +173,97 @@ def test_landmarks_stage_adds_detect_and_lands_on_the_face(clips, tmp_path):
     with facekit.open(out2) as st:
         lm2 = st["face.mp4"].faces.landmarks
         assert np.abs(lm2.mean(1) - lm.mean(1)).max() < 6  # same place, coarser image
+
+
+def test_crop_align_pose_stages(clips, tmp_path):
+    from facekit.face import align
+
+    out = tmp_path / "feats.h5"
+    imgs = tmp_path / "crops"
+    s = facekit.extract([str(clips["face"])], out, progress=False, stages="crop,pose", images=str(imgs),
+                        image_format="png")
+    assert s.ok, s.to_dict()
+    with facekit.open(out) as st:
+        v = st["face.mp4"]
+        f = v.faces
+        assert f.crop.shape == (20, 112, 112, 3) and f.crop.dtype == np.uint8
+        assert f.affine.shape == (20, 2, 3) and f.attrs("affine")["direction"] == "crop -> image"
+        assert v.group["faces/crop"].compression == "gzip"
+        # the eyes of every crop land on the ArcFace template's eyes within 2 px
+        to_crop = align.invert_affine(f.affine.astype(np.float64))
+        eyes = align.transform_points(to_crop, f.kps5[:, :2].astype(np.float64))
+        # (the 5-point least-squares fit leaves ~2.5 px on this synthetic face; < 1 px on GRID, see
+        # test_realdata)
+        assert np.linalg.norm(eyes - align.ARCFACE_112[:2], axis=2).max() < 4.0
+        assert f.pose.shape == (20, 3) and np.isfinite(f.pose).all()
+        assert np.abs(f.pose[:, 0]).max() < 25  # a frontal face: small yaw
+        # crops written as images too, identical to the stored ones
+        files = sorted((imgs / "face.mp4").rglob("*.png"))
+        assert len(files) == 20 and files[0].parent.name == "faces"  # no track stage: one folder
+        import cv2
+
+        first = cv2.cvtColor(cv2.imread(str(files[0])), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(first, f.crop[0])
+
+
+def test_reuse_replays_stored_detections_for_new_frame_stages(clips, tmp_path):
+    out = tmp_path / "feats.h5"
+    facekit.extract([str(clips["face"])], out, progress=False, stages="detect")
+    s = facekit.extract([str(clips["face"])], out, progress=False, stages="align,pose")
+    assert s.ok
+    ref = tmp_path / "ref.h5"
+    facekit.extract([str(clips["face"])], ref, progress=False, stages="align,pose")
+    with facekit.open(out) as a, facekit.open(ref) as b:
+        va, vb = a["face.mp4"], b["face.mp4"]
+        assert va.attrs["reused_stages"] == ["detect"]
+        for name in ("frame", "box", "kps5", "landmarks", "affine", "pose"):
+            np.testing.assert_array_equal(va.faces[name], vb.faces[name])
+
+
+def test_ffhq_template_from_landmarks(clips, tmp_path):
+    out = tmp_path / "feats.h5"
+    s = facekit.extract([str(clips["face"])], out, progress=False, stages="crop", align_template="ffhq",
+                        crop_size=128)
+    assert s.ok
+    with facekit.open(out) as st:
+        f = st["face.mp4"].faces
+        assert f.crop.shape == (20, 128, 128, 3)
+        assert f.attrs("affine")["template"] == "ffhq"
+        assert f.crop[:, 40:90, 40:90].mean() > 40  # the face fills the middle of the crop
+
+
+def test_track_and_primary_selection(tmp_path):
+    import mediagen
+
+    # two faces: a big one in the middle for the whole clip, a small one in a corner
+    frames = []
+    for i in range(15):
+        big = mediagen.face_image(size=(320, 240), offset=(i, 0))
+        small = mediagen.face_image(size=(100, 80), background="plain")
+        img = big.copy()
+        img[0:80, 0:100] = small
+        frames.append(img)
+    clip = mediagen.face_video(tmp_path / "two.mp4", n_frames=15, frames=frames, audio=None)
+    out = tmp_path / "all.h5"
+    s = facekit.extract([str(clip)], out, progress=False, stages="track", det_threshold=0.6)
+    assert s.ok
+    with facekit.open(out) as st:
+        v = st["two.mp4"]
+        t = v.group["tracks"]
+        assert len(t["id"]) == 2 and t["primary"][()].sum() == 1
+        assert v.faces.track.shape == (len(v.faces),) and set(v.faces.track) == {0, 1}
+        big_track = int(t["id"][()][t["primary"][()] == 1][0])
+        assert (v.group["frames/shot"][()] == 0).all()
+        n_all = len(v.faces)
+    out2 = tmp_path / "primary.h5"
+    s = facekit.extract([str(clip)], out2, progress=False, stages="crop", det_threshold=0.6, primary=True,
+                        images=str(tmp_path / "img"))
+    assert s.ok
+    with facekit.open(out2) as st:
+        v = st["two.mp4"]
+        assert len(v.faces) == 15 < n_all and set(v.faces.track) == {big_track}
+        assert v.faces.crop.shape[0] == 15 and v.faces.landmarks.shape[0] == 15
+        assert v.attrs["faces_filtered"]["kept_tracks"] == [big_track]
+        assert v.group["tracks/kept"][()].tolist().count(1) == 1
+    dirs = sorted(p.name for p in (tmp_path / "img" / "two.mp4").iterdir())
+    assert dirs == [f"track{big_track:04d}"]

@@ -93,3 +93,48 @@ def test_landmark_nme_on_annotated_faces(shared_data):
     e300 = [e for n, e, _ in rows if n.startswith("300w/")]
     assert np.mean(e300) <= 0.05, e300
     assert np.mean(errs) <= 0.055, errs
+
+
+def test_single_face_clips_one_track(grid_store, shared_data, tmp_path):
+    """Single-face clips: ONE track covering >= 99 % of frames (GRID and VideoReTalking)."""
+    out = tmp_path / "vr.h5"
+    s = facekit.extract([str(shared_data / "videos" / "videoretalking")], out, progress=False,
+                        stages="track")
+    assert s.ok
+    for path in (grid_store, out):
+        with facekit.open(path) as st:
+            for key in st:
+                v = st[key]
+                tr = v.group["tracks"]
+                n = len(v.frames)
+                assert len(tr["id"]) == 1, (key, tr["n_frames"][()])
+                assert tr["n_frames"][0] >= 0.99 * n, key
+                assert (v.faces.per_frame_counts() == 1).mean() >= 0.99, key
+
+
+def test_hamilton_tracks_break_at_scene_cuts(shared_data, tmp_path):
+    out = tmp_path / "h.h5"
+    s = facekit.extract([str(shared_data / "videos" / "hamilton_multiface.mp4")], out, progress=False,
+                        stages="track")
+    assert s.ok
+    with facekit.open(out) as st:
+        v = st["hamilton_multiface.mp4"]
+        shot = v.group["frames/shot"][()]
+        assert np.flatnonzero(np.diff(shot)).tolist() == [19, 81, 210]  # cuts at frames 20, 82, 211
+        tr = v.group["tracks"]
+        for first, last in zip(tr["first_frame"][()], tr["last_frame"][()]):
+            assert shot[first] == shot[last]  # no track spans a cut
+        primary = int(np.flatnonzero(tr["primary"][()])[0])
+        assert tr["first_frame"][primary] >= 82 and tr["last_frame"][primary] <= 210  # the performer
+
+
+def test_grid_aligned_eyes_on_template(grid_store):
+    from facekit.face import align
+
+    with facekit.open(grid_store) as st:
+        for key in st:
+            f = st[key].faces
+            eyes = align.transform_points(align.invert_affine(f.affine.astype(np.float64)),
+                                          f.kps5[:, :2].astype(np.float64))
+            assert np.linalg.norm(eyes - align.ARCFACE_112[:2], axis=2).max() < 2.0, key
+            assert np.abs(f.pose[:, 0]).max() < 30, key  # frontal speakers

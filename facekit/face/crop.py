@@ -1,0 +1,148 @@
+"""The ``align`` and ``crop`` stages.
+
+``align`` maps every face onto a crop template and stores ``faces/affine`` [N,2,3] float32, the
+**crop -> image** similarity (display pixels of the source), so anything found in a crop maps back
+with ``align.transform_points(affine, pts)``. Templates (``--align-template``):
+
+* ``arcface`` (default): the five detector key points onto insightface's ArcFace template
+  (112 x 112 by default), what identity and most expression backbones expect;
+* ``ffhq``: the FFHQ recipe from the 68 landmarks (whole face with margin, 256 x 256 by default).
+
+``crop`` warps the aligned crops (bilinear, black border) into ``faces/crop`` [N,S,S,3] uint8,
+chunked and gzip-compressed, and/or writes them as image files (``--images DIR``,
+``DIR/<video key>/<track>/<frame row>_<face>.jpg``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import stages
+from . import align
+
+CROP_CHUNK = 16  # crops per HDF5 chunk
+CROP_GZIP = 4  # gzip level of faces/crop (portable: every HDF5 reader has gzip)
+JPEG_QUALITY = 95
+
+
+def _template_params(config) -> dict:
+    name = config.align_template
+    return {"template": name, "size": int(config.crop_size or align.DEFAULT_SIZE[name]),
+            "margin": float(config.crop_margin)}
+
+
+def image_to_crop(faces: dict, config) -> np.ndarray:
+    """[N,2,3] float64 image -> crop affines (display pixels) for the faces of a batch."""
+    p = _template_params(config)
+    n = len(faces["frame"])
+    if n == 0:
+        return np.zeros((0, 2, 3))
+    if p["template"] == "ffhq":
+        return align.ffhq_quad_affine(faces["landmarks"], p["size"], p["margin"])
+    return align.similarity_from_points(faces["kps5"], align.template("arcface", p["size"], p["margin"]))
+
+
+@stages.register
+class AlignStage(stages.Stage):
+    name = "align"
+    consumes = "frames"
+    requires = ("detect", "landmarks")
+    outputs = ("faces/affine",)
+
+    @property
+    def params(self) -> dict:
+        return _template_params(self.config)
+
+    def begin(self, writer, info) -> None:
+        p = self.params
+        writer.create("faces/affine", (2, 3), "f4", attrs={
+            **p, "direction": "crop -> image", "units": "pixels",
+            "template_points": align.template(p["template"], p["size"], p["margin"]).tolist(),
+            "points_from": "faces/landmarks (FFHQ quad)" if p["template"] == "ffhq" else "faces/kps5"})
+
+    def on_frames(self, batch, row0: int, writer) -> None:
+        m = image_to_crop(batch.faces, self.config)
+        batch.faces["image_to_crop"] = m
+        batch.faces["affine"] = align.invert_affine(m).astype(np.float32) if len(m) else np.zeros((0, 2, 3), np.float32)
+        self.write_faces(writer, batch)
+
+
+@stages.register
+class CropStage(stages.Stage):
+    name = "crop"
+    consumes = "frames"
+    requires = ("align",)
+    outputs = ("faces/crop",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.images and config.image_format not in ("jpg", "png"):
+            raise stages.StageError(f"--format {config.image_format!r}: crops are written as jpg or png")
+
+    @property
+    def params(self) -> dict:
+        return {**_template_params(self.config), "border": "constant 0", "interpolation": "bilinear",
+                "store": self.config.crops_in_store}
+
+    def begin(self, writer, info) -> None:
+        s = _template_params(self.config)["size"]
+        self._store = self.config.crops_in_store
+        if self._store:
+            writer.create("faces/crop", (s, s, 3), "u1", compression="gzip", chunk_rows=CROP_CHUNK,
+                          attrs={**self.params, "colour": "RGB"})
+        self._dir = None
+        if self.config.images:
+            from ..inputs import safe_key
+
+            root = Path(self.config.images).resolve()
+            self._dir = (root / safe_key(writer.key)).resolve()
+            if root not in self._dir.parents:
+                raise stages.StageError(f"{writer.key}: image directory would escape {root}")
+
+    def on_frames(self, batch, row0: int, writer) -> None:
+        import cv2
+
+        f = batch.faces
+        s = _template_params(self.config)["size"]
+        n = len(f["frame"])
+        crops = np.zeros((n, s, s, 3), np.uint8)
+        if n:
+            # the affines are in display pixels; the batch images are scaled by batch.scale
+            m = f["image_to_crop"].copy()
+            m[:, :, :2] /= batch.scale
+            for i in np.unique(f["frame"]):
+                rows = np.flatnonzero(f["frame"] == i)
+                crops[rows] = align.warp_crops(batch.rgb[i - row0], m[rows], s)
+        if self._store:
+            writer.append("faces/crop", crops)
+        if self._dir is not None and n:
+            tracks = f.get("track")
+            j_in_frame = np.zeros(n, int)
+            for i in np.unique(f["frame"]):
+                rows = np.flatnonzero(f["frame"] == i)
+                j_in_frame[rows] = np.arange(len(rows))
+            params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if self.config.image_format == "jpg" else []
+            for k in range(n):
+                sub = f"track{int(tracks[k]):04d}" if tracks is not None else "faces"
+                d = self._dir / sub
+                d.mkdir(parents=True, exist_ok=True)
+                path = d / f"{int(f['frame'][k]):06d}_{j_in_frame[k]}.{self.config.image_format}"
+                ok, buf = cv2.imencode(path.suffix, cv2.cvtColor(crops[k], cv2.COLOR_RGB2BGR), params)
+                if not ok:
+                    raise OSError(f"cannot encode {path}")
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                buf.tofile(str(tmp))
+                os.replace(tmp, path)
+
+    def end(self, writer) -> None:
+        # --max-faces/--primary dropped whole tracks after their crops were written: remove their files
+        if self._dir is not None and writer.filtered and self._dir.is_dir():
+            import shutil
+
+            kept = {f"track{t:04d}" for t in writer.filtered.get("kept_tracks", [])}
+            for d in self._dir.iterdir():
+                if d.is_dir() and d.name.startswith("track") and d.name not in kept:
+                    shutil.rmtree(d)
