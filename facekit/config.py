@@ -42,6 +42,9 @@ class Config:
     per_shot: bool = False  # apply --max-faces/--primary within each shot
     # landmarks
     landmarker: str = "dlib68"
+    smooth: bool = False  # One-Euro smoothing of landmarks along each track (adds the track stage)
+    smooth_min_cutoff: float = 1.0  # Hz
+    smooth_beta: float = 0.05  # s/pixel
     # alignment and crops
     align_template: str = "arcface"  # "arcface" (5 key points) or "ffhq" (68 landmarks)
     crop_size: int | None = None  # pixels; default 112 for arcface, 256 for ffhq

@@ -384,8 +384,8 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
         avail = set(stages_mod.available())
         names = [s for s in DEFAULT_STAGES["extract"] if s in avail]
     names = names.split(",") if isinstance(names, str) else list(names)
-    if cfg.max_faces or cfg.primary:
-        names.append("track")  # face selection needs tracks
+    if cfg.max_faces or cfg.primary or cfg.smooth:
+        names.append("track")  # face selection and smoothing need tracks
     cfg.stages = stages_mod.resolve(names)
     if cfg.device != "cpu":
         raise stages_mod.StageError(f"--device {cfg.device}: only cpu is supported in this version")

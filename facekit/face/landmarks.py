@@ -128,10 +128,17 @@ class LandmarksStage(stages.Stage):
 
     @property
     def params(self) -> dict:
+        c = self.config
         return {"landmarker": self.model.name, "weights_sha256": self.model.weights.sha256,
-                "box": {"from": "kps5", "scale": BOX_SCALE, "shift": BOX_SHIFT}}
+                "box": {"from": "kps5", "scale": BOX_SCALE, "shift": BOX_SHIFT},
+                "smoothing": {"filter": "one-euro", "min_cutoff": c.smooth_min_cutoff, "beta": c.smooth_beta}
+                if c.smooth else None}
 
     def begin(self, writer, info) -> None:
+        from .smooth import TrackSmoother
+
+        self._smoother = TrackSmoother(self.config.smooth_min_cutoff, self.config.smooth_beta) \
+            if self.config.smooth else None
         writer.create("faces/landmarks", (self.model.n_points, self.model.dims), "f4", attrs={
             "model": self.model.name, "weights_sha256": self.model.weights.sha256, "params": self.params,
             "scheme": self.model.scheme, "units": "pixels"})
@@ -144,5 +151,7 @@ class LandmarksStage(stages.Stage):
             s = batch.scale  # stored coordinates are display pixels; the batch image is scaled
             lm, _ = self.model.predict(batch.rgb[i - row0], f["box"][rows] * s, f["kps5"][rows] * s)
             out[rows] = lm / s
+            if self._smoother is not None:
+                out[rows] = self._smoother(float(batch.t_sec[i - row0]), f["track"][rows], out[rows])
         f["landmarks"] = out
         self.write_faces(writer, batch)
