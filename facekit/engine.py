@@ -324,7 +324,7 @@ def _run_frames(unit, info, config, todo, writer, warnings) -> int:
     batches = iter_frames(unit.path, batch_size=config.batch_size, fps=config.fps, max_side=config.max_side,
                           frame_rate=config.frame_rate, info=info, warnings=warnings)
     for batch in prefetch(batches, depth=2):
-        batch.faces = {}  # per-face arrays of this batch, filled by the stages in order
+        batch.faces.clear()  # per-face arrays of this batch, filled by the stages in order
         writer.append("frames/t", batch.t_sec)
         writer.append("frames/index", batch.index)
         for s in todo:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import threading
 import queue
 from dataclasses import dataclass, field, asdict
@@ -93,18 +92,9 @@ class FrameBatch:
     t_sec: np.ndarray
     index: np.ndarray
     scale: float
-
-
-def ffmpeg_exe() -> str:
-    """Path of an ffmpeg binary: the system one when present, else the one imageio-ffmpeg ships."""
-    exe = shutil.which("ffmpeg")
-    if exe:
-        return exe
-    try:
-        import imageio_ffmpeg
-    except ImportError as e:  # pragma: no cover - base dependency
-        raise RuntimeError("no ffmpeg found: install ffmpeg or `pip install imageio-ffmpeg`") from e
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    #: per-face arrays of this batch, filled by the face stages in order (name -> [N, ...]; display
+    #: pixels; ``faces["frame"]`` holds frame rows of the whole video, see facekit.stages)
+    faces: dict = field(default_factory=dict)
 
 
 def media_kind(path: str | os.PathLike) -> str | None:
