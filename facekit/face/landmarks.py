@@ -93,7 +93,7 @@ class Dlib68:
         return out, None
 
 
-LANDMARKERS = {"dlib68": Dlib68}
+LANDMARKERS = {"dlib68": Dlib68, "fan2d": None, "fan3d": None}  # FAN: facekit.face.fan (torch)
 
 
 _CACHE: dict[tuple, object] = {}
@@ -106,7 +106,12 @@ def load_landmarker(name: str, weights: dict | None = None):
     resolved = zoo.resolve(name, weights)
     key = (name, str(resolved.path), resolved.sha256)
     if key not in _CACHE:
-        _CACHE[key] = LANDMARKERS[name](resolved)
+        if name.startswith("fan"):
+            from . import fan
+
+            _CACHE[key] = fan.load(name, weights)
+        else:
+            _CACHE[key] = LANDMARKERS[name](resolved)
     return _CACHE[key]
 
 
@@ -130,12 +135,18 @@ class LandmarksStage(stages.Stage):
     def params(self) -> dict:
         c = self.config
         return {"landmarker": self.model.name, "weights_sha256": self.model.weights.sha256,
-                "box": {"from": "kps5", "scale": BOX_SCALE, "shift": BOX_SHIFT},
+                "box": {"from": "kps5", "scale": BOX_SCALE, "shift": BOX_SHIFT} if self.model.name == "dlib68"
+                else {"from": "box", "reference_scale": 165.0},
                 "smoothing": {"filter": "one-euro", "min_cutoff": c.smooth_min_cutoff, "beta": c.smooth_beta}
                 if c.smooth else None}
 
     def begin(self, writer, info) -> None:
         from .smooth import TrackSmoother
+
+        self._scores = hasattr(self.model, "predict_batch")
+        if self._scores:
+            writer.create("faces/landmarks_score", (self.model.n_points,), "f4", attrs={
+                "model": self.model.name, "description": "per-point confidence (heatmap maximum)"})
 
         self._smoother = TrackSmoother(self.config.smooth_min_cutoff, self.config.smooth_beta) \
             if self.config.smooth else None
@@ -145,13 +156,22 @@ class LandmarksStage(stages.Stage):
 
     def on_frames(self, batch, row0: int, writer) -> None:
         f = batch.faces
-        out = np.zeros((len(f["frame"]), self.model.n_points, self.model.dims), np.float32)
-        for i in np.unique(f["frame"]) if len(f["frame"]) else []:
-            rows = np.flatnonzero(f["frame"] == i)
-            s = batch.scale  # stored coordinates are display pixels; the batch image is scaled
-            lm, _ = self.model.predict(batch.rgb[i - row0], f["box"][rows] * s, f["kps5"][rows] * s)
-            out[rows] = lm / s
-            if self._smoother is not None:
-                out[rows] = self._smoother(float(batch.t_sec[i - row0]), f["track"][rows], out[rows])
+        s = batch.scale  # stored coordinates are display pixels; the batch image is scaled
+        n = len(f["frame"])
+        out = np.zeros((n, self.model.n_points, self.model.dims), np.float32)
+        if self._scores:  # batched backends: every face of the batch in one pass
+            lm, sc = self.model.predict_batch(batch.rgb, f["frame"] - row0, f["box"] * s)
+            out[:] = lm / s
+            f["landmarks_score"] = sc
+            writer.append("faces/landmarks_score", sc)
+        else:
+            for i in np.unique(f["frame"]) if n else []:
+                rows = np.flatnonzero(f["frame"] == i)
+                lm, _ = self.model.predict(batch.rgb[i - row0], f["box"][rows] * s, f["kps5"][rows] * s)
+                out[rows] = lm / s
+        if self._smoother is not None:
+            for i in np.unique(f["frame"]) if n else []:
+                rows = np.flatnonzero(f["frame"] == i)
+                out[rows, :, :2] = self._smoother(float(batch.t_sec[i - row0]), f["track"][rows], out[rows, :, :2])
         f["landmarks"] = out
         self.write_faces(writer, batch)

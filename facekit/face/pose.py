@@ -270,7 +270,7 @@ class PoseStage(stages.Stage):
                           "roll > 0: face turns clockwise on screen"})
 
     def on_frames(self, batch, row0: int, writer) -> None:
-        lm = batch.faces["landmarks"]
+        lm = batch.faces["landmarks"][:, :, :2]  # (x, y); fan3d adds depth
         batch.faces["pose"] = (pose_from_landmarks(lm, self._size) if len(lm)
                                else np.zeros((0, 3), np.float32)).astype(np.float32)
         self.write_faces(writer, batch)
