@@ -52,6 +52,8 @@ class Config:
     crops_in_store: bool = True  # write faces/crop into the store
     images: str | None = None  # also write crops as image files below this directory
     image_format: str = "jpg"  # "jpg" or "png"
+    write_images: bool = True  # with `images`: one image file per crop
+    track_videos: bool = False  # with `images`: one mp4 of crops per track
     # log-Mel
     mel_n_mels: int = 80
     mel_n_fft: int = 400  # samples (25 ms at 16 kHz)

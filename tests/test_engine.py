@@ -267,3 +267,40 @@ def test_track_and_primary_selection(tmp_path):
         assert v.group["tracks/kept"][()].tolist().count(1) == 1
     dirs = sorted(p.name for p in (tmp_path / "img" / "two.mp4").iterdir())
     assert dirs == [f"track{big_track:04d}"]
+
+
+def test_track_videos(clips, tmp_path):
+    import av
+
+    d = tmp_path / "out"
+    s = facekit.extract([str(clips["face"])], tmp_path / "f.h5", progress=False, stages="crop", images=str(d),
+                        track_videos=True, write_images=False, crops_in_store=False)
+    assert s.ok, s.to_dict()
+    vids = sorted((d / "face.mp4").glob("*.mp4"))
+    assert [v.name for v in vids] == ["track0000.mp4"]
+    assert not list((d / "face.mp4").rglob("*.jpg"))  # --no-image-files
+    with av.open(str(vids[0])) as c:
+        frames = [(f.time, f.width, f.height) for f in c.decode(video=0)]
+    assert len(frames) == 20 and frames[0][1:] == (112, 112)
+    assert abs(frames[1][0] - frames[0][0] - 0.04) < 2e-3
+    with facekit.open(tmp_path / "f.h5") as st:
+        assert "crop" not in st["face.mp4"].faces.keys()
+
+
+def test_video_without_faces_finishes_with_empty_arrays(tmp_path):
+    import mediagen
+
+    frames = [np.zeros((240, 320, 3), np.uint8)] * 5 + [np.full((240, 320, 3), 90, np.uint8)] * 5
+    clip = mediagen.face_video(tmp_path / "noface.mp4", n_frames=10, frames=frames, audio="tone")
+    out = tmp_path / "f.h5"
+    s = facekit.extract([str(clip)], out, progress=False, stages="detect,track,landmarks,align,pose,crop,mel")
+    assert s.ok, s.to_dict()
+    with facekit.open(out) as st:
+        v = st["noface.mp4"]
+        assert v.status == "done" and len(v.frames) == 10 and len(v.faces) == 0
+        f = v.faces
+        assert f.box.shape == (0, 4) and f.kps5.shape == (0, 5, 2) and f.landmarks.shape == (0, 68, 2)
+        assert f.affine.shape == (0, 2, 3) and f.pose.shape == (0, 3) and f.crop.shape == (0, 112, 112, 3)
+        assert f.track.shape == (0,) and len(v.group["tracks/id"]) == 0
+        assert v.faces.per_frame_counts().tolist() == [0] * 10
+        assert v.audio["mel"].data.shape[0] > 0

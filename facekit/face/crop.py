@@ -10,7 +10,8 @@ with ``align.transform_points(affine, pts)``. Templates (``--align-template``):
 
 ``crop`` warps the aligned crops (bilinear, black border) into ``faces/crop`` [N,S,S,3] uint8,
 chunked and gzip-compressed, and/or writes them as image files (``--images DIR``,
-``DIR/<video key>/<track>/<frame row>_<face>.jpg``).
+``DIR/<video key>/<track>/<frame row>_<face>.jpg``) and, with ``--track-videos``, one H.264 video
+per track (``DIR/<video key>/track<id>.mp4``, the crops at their frames' real timestamps).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from .. import stages
 from . import align
 
+TRACK_VIDEO_CRF = 18  # x264 quality of --track-videos
 CROP_CHUNK = 16  # crops per HDF5 chunk
 CROP_GZIP = 4  # gzip level of faces/crop (portable: every HDF5 reader has gzip)
 JPEG_QUALITY = 95
@@ -81,6 +83,8 @@ class CropStage(stages.Stage):
         super().__init__(config)
         if config.images and config.image_format not in ("jpg", "png"):
             raise stages.StageError(f"--format {config.image_format!r}: crops are written as jpg or png")
+        if config.track_videos and not config.images:
+            raise stages.StageError("--track-videos writes next to the crop images: give --images DIR")
 
     @property
     def params(self) -> dict:
@@ -101,6 +105,7 @@ class CropStage(stages.Stage):
             self._dir = (root / safe_key(writer.key)).resolve()
             if root not in self._dir.parents:
                 raise stages.StageError(f"{writer.key}: image directory would escape {root}")
+        self._videos = _TrackVideos(self._dir) if self.config.track_videos else None
 
     def on_frames(self, batch, row0: int, writer) -> None:
         import cv2
@@ -118,7 +123,12 @@ class CropStage(stages.Stage):
                 crops[rows] = align.warp_crops(batch.rgb[i - row0], m[rows], s)
         if self._store:
             writer.append("faces/crop", crops)
-        if self._dir is not None and n:
+        if self._videos is not None and n:
+            tracks = f.get("track")
+            for k in range(n):
+                tid = int(tracks[k]) if tracks is not None else 0
+                self._videos.add(tid, float(batch.t_sec[f["frame"][k] - row0]), crops[k])
+        if self._dir is not None and n and self.config.write_images:
             tracks = f.get("track")
             j_in_frame = np.zeros(n, int)
             for i in np.unique(f["frame"]):
@@ -138,11 +148,52 @@ class CropStage(stages.Stage):
                 os.replace(tmp, path)
 
     def end(self, writer) -> None:
+        if self._videos is not None:
+            self._videos.close()
         # --max-faces/--primary dropped whole tracks after their crops were written: remove their files
         if self._dir is not None and writer.filtered and self._dir.is_dir():
             import shutil
 
             kept = {f"track{t:04d}" for t in writer.filtered.get("kept_tracks", [])}
             for d in self._dir.iterdir():
-                if d.is_dir() and d.name.startswith("track") and d.name not in kept:
-                    shutil.rmtree(d)
+                if d.name.startswith("track") and d.name.split(".")[0] not in kept:
+                    shutil.rmtree(d) if d.is_dir() else d.unlink()
+
+
+class _TrackVideos:
+    """One H.264 video per track, fed crop by crop (pts = frame time in ms, so VFR is kept)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._open: dict[int, tuple] = {}  # track id -> (container, stream, tmp path, last pts)
+
+    def add(self, track: int, t_sec: float, crop: np.ndarray) -> None:
+        import av
+        from fractions import Fraction
+
+        if track not in self._open:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            final = self.folder / f"track{track:04d}.mp4"
+            tmp = final.with_name(f".{final.name}.{os.getpid()}.part.mp4")
+            c = av.open(str(tmp), "w")
+            st = c.add_stream("libx264", rate=Fraction(1000, 1))
+            st.width, st.height = crop.shape[1] // 2 * 2, crop.shape[0] // 2 * 2
+            st.pix_fmt, st.time_base = "yuv420p", Fraction(1, 1000)
+            st.options = {"crf": str(TRACK_VIDEO_CRF)}
+            self._open[track] = [c, st, tmp, final, -1]
+        c, st, _tmp, _final, last = entry = self._open[track]
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(crop[: st.height, : st.width]), format="rgb24")
+        from fractions import Fraction
+
+        frame.pts, frame.time_base = max(last + 1, int(round(t_sec * 1000))), Fraction(1, 1000)
+        entry[4] = frame.pts
+        for p in st.encode(frame):
+            c.mux(p)
+
+    def close(self) -> None:
+        for c, st, tmp, final, _ in self._open.values():
+            for p in st.encode():
+                c.mux(p)
+            c.close()
+            os.replace(tmp, final)
+        self._open.clear()
