@@ -158,8 +158,11 @@ def _copy_outputs(src_path: str, key: str, writer: store.VideoWriter, paths) -> 
             g.copy(g[p], dest, name=name)
 
 
-def process_unit(unit: Unit, config: Config, out: str, debug: bool = False) -> Result:
-    """Run the pipeline on one video and commit its shard (or record its failure)."""
+def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_frames=None) -> Result:
+    """Run the pipeline on one video and commit its shard (or record its failure).
+
+    on_frames: called as ``on_frames(n_new_frames, info)`` after every batch (progress bars).
+    """
     t_start = time.perf_counter()
     pipe = build_pipeline(config)
     shard = store.shards_dir(out) / store.shard_name(unit.key)
@@ -226,7 +229,7 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False) -> R
             else:
                 runners = [_Replay(s, reuse_src, unit.key) if s.name in reused else s for s in frame_stages]
                 try:
-                    n_rows = _run_frames(unit, info, config, runners, writer, warnings)
+                    n_rows = _run_frames(unit, info, config, runners, writer, warnings, on_frames)
                 finally:
                     for r in runners:
                         if isinstance(r, _Replay):
@@ -314,7 +317,7 @@ class _Replay:
         self._file.close()
 
 
-def _run_frames(unit, info, config, todo, writer, warnings) -> int:
+def _run_frames(unit, info, config, todo, writer, warnings, on_frames=None) -> int:
     writer.create("frames/t", dtype="f8", attrs={"units": "seconds", "description": "presentation time"})
     writer.create("frames/index", dtype="i8", attrs={"description": "position in the decoded stream"})
     for s in todo:
@@ -330,6 +333,8 @@ def _run_frames(unit, info, config, todo, writer, warnings) -> int:
         for s in todo:
             s.on_frames(batch, n, writer)
         n += len(batch.t_sec)
+        if on_frames is not None:
+            on_frames(len(batch.t_sec), info)
         scale = batch.scale
     for s in todo:
         s.end(writer)
@@ -340,6 +345,18 @@ def _run_frames(unit, info, config, todo, writer, warnings) -> int:
 
 
 # ----------------------------------------------------------------------------- the run
+
+def _expected_frames(unit: Unit, cfg: Config) -> int | None:
+    """A guess of the frames a video will give (for the progress bar only): duration x rate."""
+    try:
+        info = probe(unit.path, frame_rate=cfg.frame_rate)
+    except Exception:  # noqa: BLE001 - the real run reports it
+        return None
+    if info.n_frames and not cfg.fps:
+        return info.n_frames
+    rate = cfg.fps or info.fps_avg or info.fps_nominal
+    return int(round(info.duration_sec * rate)) if info.duration_sec and rate else None
+
 
 def _problem_key(path: str) -> str:
     """A store key for an input that could not become a unit (its path relative to the cwd)."""
@@ -415,6 +432,9 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
 
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(units), unit="video", disable=not show, dynamic_ncols=True, file=sys.stderr)
+    # a second line for the frames of the video in flight (one worker: long videos show progress)
+    fbar = tqdm(total=0, unit="frame", disable=not show or cfg.workers > 1, dynamic_ncols=True, file=sys.stderr,
+                leave=False, position=1)
     last_index = time.monotonic()
     order = sorted(units, key=lambda u: (-u.size, u.key))  # largest first: the slowest start early
 
@@ -432,7 +452,9 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
     try:
         if cfg.workers <= 1 or len(order) <= 1:
             for u in order:
-                handle(process_unit(u, cfg, out, debug))
+                fbar.reset(total=_expected_frames(u, cfg))
+                fbar.set_description_str(u.key[-30:], refresh=False)
+                handle(process_unit(u, cfg, out, debug, on_frames=lambda n, info: fbar.update(n)))
         else:
             import multiprocessing as mp
 
@@ -441,6 +463,7 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
                 for r in pool.imap_unordered(_work, [(u, cfg, out, debug) for u in order]):
                     handle(r)
     finally:
+        fbar.close()
         bar.close()
         store.rebuild_index(out, root_attrs)
     results.sort(key=lambda r: (r.key, r.path))
