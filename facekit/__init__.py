@@ -17,9 +17,10 @@ from .engine import extract, Summary, Result
 from .media import MediaError, probe, iter_frames, read_audio
 from .config import Config
 from . import stages, zoo
+from .verify import verify  # noqa: E402 - facekit.verify(path) -> report dict (`facekit verify`)
 
 __all__ = ["__version__", "SCHEMA_VERSION", "open", "Store", "Video", "StoreError", "extract", "Summary",
-           "Result", "MediaError", "probe", "iter_frames", "read_audio", "Config", "zoo", "info"]
+           "Result", "MediaError", "probe", "iter_frames", "read_audio", "Config", "zoo", "info", "verify"]
 
 
 def info(path) -> dict:

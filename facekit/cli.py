@@ -37,7 +37,7 @@ def run_options(f):
     opts = [
         click.argument("inputs", nargs=-1, required=True, metavar="INPUT..."),
         click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
-                     help="The store to write (HDF5 index; shards go to OUT.d/). Re-running resumes."),
+                     help="The store to write (HDF5 index; shards go to OUT.h5.d/). Re-running resumes."),
         click.option("--stages", default=None, metavar="LIST",
                      help="Comma-separated stages to compute; prerequisites are added."),
         click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -117,6 +117,12 @@ def run_options(f):
     return f
 
 
+def _oneline(text: str) -> str:
+    """``text`` on one line: control characters of a file name (newline, tab...) escaped."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in str(text))
+
+
 def _run(command: str, inputs, out, stages, quiet, as_json, debug, **options):
     from .engine import extract
     from .inputs import InputError
@@ -129,10 +135,10 @@ def _run(command: str, inputs, out, stages, quiet, as_json, debug, **options):
 
     def on_result(r):
         if r.status == "failed":
-            click.echo(f"facekit: {r.path}: {r.error}", err=True)
+            click.echo(f"facekit: {_oneline(r.path)}: {_oneline(r.error)}", err=True)
         elif r.warnings and not quiet:
             for w in r.warnings:
-                click.echo(f"facekit: warning: {r.path}: {w}", err=True)
+                click.echo(f"facekit: warning: {_oneline(r.path)}: {_oneline(w)}", err=True)
 
     argv = "facekit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
@@ -145,7 +151,9 @@ def _run(command: str, inputs, out, stages, quiet, as_json, debug, **options):
         sys.exit(EXIT_CANNOT_START)
     for w in summary.warnings:
         if not quiet:
-            click.echo(f"facekit: warning: {w}", err=True)
+            click.echo(f"facekit: warning: {_oneline(w)}", err=True)
+    if summary.stopped:
+        click.echo(f"facekit: error: {summary.stopped}", err=True)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2, default=str))
     if not quiet:
@@ -161,11 +169,12 @@ def main():
 
     \b
     Examples:
-      facekit extract videos/ -o feats.h5          # faces + log-Mel for every video below videos/
+      facekit extract videos/ -o feats.h5          # faces, tracks, landmarks, pose, log-Mel
       facekit detect clip.mp4 -o faces.h5 --fps 5  # face boxes only, 5 frames per second
       facekit audio @list.txt -o mel.h5            # log-Mel for the files listed in list.txt
       find data -name '*.mp4' | facekit extract - -o feats.h5
       facekit info feats.h5                        # what is in a store
+      facekit verify feats.h5                      # is it whole? (exit code 1 if not)
       facekit models list                          # the model zoo
     """
 
@@ -185,7 +194,7 @@ def _stage_command(name: str, summary: str, examples: str):
 
     \b
     Examples:
-    {examples}
+{examples.strip(chr(10))}
     """
     return main.command(name)(cmd)
 
@@ -239,6 +248,36 @@ def info(store_path, as_json, brief):
 
 
 @main.command()
+@click.argument("store_path", metavar="OUT.h5", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of text.")
+@click.option("--quick", is_flag=True, help="Check structure and lengths only; do not read every data block back.")
+def verify(store_path, as_json, quick):
+    """Check a store: shards open, the index matches them, every finished video holds the
+    datasets its stages promise with consistent lengths, failures carry their error.
+
+    Prints one line per problem (and per warning, e.g. temporary files left by a killed run).
+    Exit code 0 when there is no problem, 1 when there is any, 2 when OUT.h5 is not a store.
+
+    \b
+    Examples:
+      facekit verify feats.h5
+      facekit verify feats.h5 --quick            # skip reading the data back
+      facekit verify feats.h5 --json | jq '.problems[].line'
+      facekit verify feats.h5 || facekit extract videos/ -o feats.h5   # resume a broken run
+    """
+    from .store import StoreError
+    from .verify import format_report, verify as run_verify
+
+    try:
+        report = run_verify(store_path, read_data=not quick)
+    except StoreError as e:
+        click.echo(f"facekit: error: {e}", err=True)
+        sys.exit(EXIT_CANNOT_START)
+    click.echo(json.dumps(report, indent=2, default=str) if as_json else format_report(report))
+    sys.exit(0 if report["ok"] else EXIT_FAILED)
+
+
+@main.command()
 @click.argument("src", metavar="INPUT", type=click.Path(exists=True))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
               help="A .png/.jpg contact sheet of sampled frames, or an .mp4/.mkv video with overlays.")
@@ -262,7 +301,10 @@ def preview(src, out, store_path, stages, n_frames, columns):
 
     try:
         click.echo(run_preview(src, out, store_path, n_frames=n_frames, columns=columns, stages=stages))
-    except (PreviewError, StoreError, StageError, zoo.ModelError) as e:
+    except (StoreError, StageError, zoo.ModelError) as e:
+        click.echo(f"facekit: error: {e}", err=True)
+        sys.exit(EXIT_CANNOT_START)
+    except PreviewError as e:
         click.echo(f"facekit: error: {e}", err=True)
         sys.exit(EXIT_FAILED)
 

@@ -13,6 +13,8 @@ re-run unless ``overwrite``. Models load once per process (the stage objects are
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import sys
@@ -31,6 +33,8 @@ from .media import MediaError, iter_frames, prefetch, probe, read_audio
 from .version import __version__
 
 INDEX_EVERY_SEC = 60.0  # rebuild the index this often during long runs
+#: errors writing the store after which no later video can be written either: the run stops
+OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 @dataclass
@@ -45,16 +49,22 @@ class Result:
     n_frames: int = 0
     n_faces: int = 0
     seconds: float = 0.0
+    stop_run: bool = field(default=False, repr=False)  # the store is out of space: start no other video
 
 
 @dataclass
 class Summary:
-    """The outcome of a run; ``to_dict()`` is what ``--json`` prints."""
+    """The outcome of a run; ``to_dict()`` is what ``--json`` prints.
+
+    ``stopped`` is non-empty when the run stopped early (the store ran out of space): why, and
+    how many videos were not started (``not_started``); they are done by the next run."""
 
     out: str
     results: list[Result]
     seconds: float
     warnings: list = field(default_factory=list)
+    stopped: str = ""
+    not_started: int = 0
 
     def _with(self, status):
         return [r for r in self.results if r.status == status]
@@ -81,7 +91,8 @@ class Summary:
             "processed": len(self.processed), "skipped": len(self.skipped), "failed": len(self.failed),
             "failures": [{"key": r.key, "path": r.path, "error": r.error} for r in self.failed],
             "warnings": self.warnings + [f"{r.path}: {w}" for r in self.results for w in r.warnings],
-            "videos": [asdict(r) for r in self.results],
+            "stopped": self.stopped, "not_started": self.not_started,
+            "videos": [{k: v for k, v in asdict(r).items() if k != "stop_run"} for r in self.results],
         }
 
 
@@ -263,8 +274,12 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_f
         raise
     except Exception as e:  # noqa: BLE001 - one bad video must not cost the run
         writer.abort()
+        stop = False
         if isinstance(e, MediaError):
             cause = e.cause
+        elif isinstance(e, store.StoreWriteError):
+            cause = f"cannot write the store: {e.strerror or e} (errno {e.errno})"
+            stop = e.errno in OUT_OF_SPACE
         elif isinstance(e, OSError) and e.errno is not None:
             cause = f"{e.strerror or e} (errno {e.errno})"
         else:
@@ -276,9 +291,11 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_f
         try:
             store.write_failure(out, unit.key, attrs)
         except Exception as e2:  # noqa: BLE001 - e.g. disk full: still report the original cause
-            cause += f" (and the failure could not be recorded: {e2})"
+            why = f"{e2.strerror} (errno {e2.errno})" if isinstance(e2, OSError) and e2.strerror else str(e2)
+            cause += f" (and the failure could not be recorded: {' '.join(why.split())})"
+            stop = stop or (isinstance(e2, OSError) and e2.errno in OUT_OF_SPACE)
         return Result(unit.key, unit.path, "failed", error=cause, warnings=warnings,
-                      seconds=time.perf_counter() - t_start)
+                      seconds=time.perf_counter() - t_start, stop_run=stop)
 
 
 class _Replay:
@@ -369,6 +386,18 @@ def _problem_key(path: str) -> str:
         return ""
 
 
+def _problem_record_key(path: str, taken: set[str], out: str) -> str:
+    """The key a problem input is recorded under: never one of this run's videos, never a finished
+    video of the store (a failure record must not replace results)."""
+    key = _problem_key(path)
+    if not key:
+        return ""
+    old, old_key = _old_video(store.shards_dir(out) / store.shard_name(key))
+    if key in taken or (old and old_key == key and old.get("source_path") != os.path.abspath(path)):
+        key = f"{key}#{hashlib.sha1(os.path.abspath(path).encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+    return key
+
+
 def _init_worker():
     import signal
 
@@ -394,7 +423,8 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
     """
     t_start = time.perf_counter()
     if isinstance(inputs, (str, os.PathLike)):
-        inputs = [os.fspath(inputs)]
+        inputs = [inputs]
+    inputs = [os.fspath(i) for i in inputs]
     cfg = Config.from_kwargs(**options)
     names = stages if stages is not None else cfg.stages
     if names is None:
@@ -416,9 +446,12 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
     root_attrs = {"command": command or "facekit.extract(...)", "config": cfg.to_json_dict()}
 
     results: list[Result] = []
+    run_warnings: list[str] = []
+    taken = {u.key for u in units}
     for path, cause in problems:
-        r = Result(key=_problem_key(path), path=path, status="failed", error=cause)
+        r = Result(key=_problem_record_key(path, taken, out), path=path, status="failed", error=cause)
         if r.key:
+            taken.add(r.key)
             try:
                 store.write_failure(out, r.key, {"key": r.key, "source_path": os.path.abspath(path), "error": cause,
                                                  "facekit_version": __version__})
@@ -427,6 +460,14 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
         results.append(r)
         if on_result:
             on_result(r)
+
+    def rebuild_index():
+        try:
+            store.rebuild_index(out, root_attrs)
+        except OSError as e:  # e.g. disk full: the shards are intact and the reader scans them
+            why = f"{e.strerror} (errno {e.errno})" if e.strerror else str(e)
+            run_warnings.append(f"{out}: the index could not be rebuilt ({' '.join(why.split())}); every "
+                                f"finished shard is intact and readable; re-run the command to rebuild it")
 
     from tqdm import tqdm
 
@@ -437,24 +478,32 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
                 leave=False, position=1)
     last_index = time.monotonic()
     order = sorted(units, key=lambda u: (-u.size, u.key))  # largest first: the slowest start early
+    stopped = ""
+    n_units_done = 0
 
     def handle(r: Result):
-        nonlocal last_index
+        nonlocal last_index, stopped, n_units_done
         results.append(r)
+        n_units_done += 1
         bar.update(1)
         bar.set_postfix_str(r.key[-40:], refresh=False)
         if on_result:
             on_result(r)
-        if time.monotonic() - last_index > INDEX_EVERY_SEC:
-            store.rebuild_index(out, root_attrs)
+        if r.stop_run and not stopped:
+            stopped = f"{out}: {r.error}"
+        elif time.monotonic() - last_index > INDEX_EVERY_SEC:
+            rebuild_index()
             last_index = time.monotonic()
 
     try:
         if cfg.workers <= 1 or len(order) <= 1:
             for u in order:
-                fbar.reset(total=_expected_frames(u, cfg))
-                fbar.set_description_str(u.key[-30:], refresh=False)
+                if not fbar.disable:  # (the guess costs a probe)
+                    fbar.reset(total=_expected_frames(u, cfg))
+                    fbar.set_description_str(u.key[-30:], refresh=False)
                 handle(process_unit(u, cfg, out, debug, on_frames=lambda n, info: fbar.update(n)))
+                if stopped:
+                    break
         else:
             import multiprocessing as mp
 
@@ -462,9 +511,17 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
             with ctx.Pool(cfg.workers, initializer=_init_worker) as pool:
                 for r in pool.imap_unordered(_work, [(u, cfg, out, debug) for u in order]):
                     handle(r)
+                    if stopped:
+                        break  # leaving the block terminates the workers (the next run removes
+                        # their temporary files)
     finally:
         fbar.close()
         bar.close()
-        store.rebuild_index(out, root_attrs)
+        rebuild_index()
+    not_started = len(order) - n_units_done if stopped else 0
+    if stopped:
+        stopped += (f"; stopped with {not_started} video{'s' if not_started != 1 else ''} not started (the "
+                    f"finished ones are intact): free some space and re-run the same command to resume")
     results.sort(key=lambda r: (r.key, r.path))
-    return Summary(out=out, results=results, seconds=time.perf_counter() - t_start, warnings=warnings)
+    return Summary(out=out, results=results, seconds=time.perf_counter() - t_start,
+                   warnings=warnings + run_warnings, stopped=stopped, not_started=not_started)

@@ -101,11 +101,26 @@ def _expand_args(inputs: list[str], stdin=None) -> list[str]:
 
 
 def safe_key(key: str) -> str:
-    """Normalise a key (NFC, POSIX separators) and refuse ones that could escape a directory."""
+    """Normalise a key and refuse ones that could escape a directory.
+
+    Normalising: POSIX separators, no empty or ``.`` parts (so an absolute path becomes relative),
+    bytes of a file name that are not UTF-8 (``os.fsdecode``'s surrogates) written as ``\\xNN``,
+    Unicode NFC. Refused (InputError): empty keys, NUL, and any part that is ``..``, or that
+    under compatibility normalisation (NFKC: fullwidth dots and solidus, one-dot leaders...)
+    holds a ``/`` or a ``.``/``..`` between backslashes, so a key joined below a directory stays
+    below it on any file system.
+    """
+    if not isinstance(key, str):
+        raise InputError(f"unsafe store key {key!r} (not a string)")
+    key = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     key = unicodedata.normalize("NFC", key.replace(os.sep, "/"))
     parts = [p for p in key.split("/") if p not in ("", ".")]
-    if not parts or any(p == ".." for p in parts) or "\x00" in key:
+    if not parts or "\x00" in key:
         raise InputError(f"unsafe store key {key!r}")
+    for p in parts:
+        compat = unicodedata.normalize("NFKC", p)
+        if p == ".." or "/" in compat or any(q in (".", "..") for q in compat.split("\\")):
+            raise InputError(f"unsafe store key {key!r} (part {p!r})")
     return "/".join(parts)
 
 
@@ -171,7 +186,10 @@ def collect(inputs: list[str], frame_folders: str = "auto", stdin=None
             problems.append((str(path), str(e)))
             continue
         if key in seen_keys:
-            problems.append((str(path), f"maps to the same store key {key!r} as {seen_keys[key]}"))
+            other = seen_keys[key]
+            why = " (the names differ only in Unicode normalisation)" if (
+                unicodedata.normalize("NFC", str(path)) == unicodedata.normalize("NFC", other)) else ""
+            problems.append((str(path), f"maps to the same store key {key!r} as {other}{why}"))
             continue
         seen_keys[key] = str(path)
         try:

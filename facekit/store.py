@@ -8,7 +8,10 @@ Layout on disk for ``-o feats.h5``::
 
 A shard is written under a temporary name (``.<name>.<host>.<pid>.<rand>.tmp``) and renamed
 when closed, so a crash (even SIGKILL) loses at most the video in flight and never touches a
-finished shard. The index is rebuilt from the shard directory under a lock and replaced
+finished shard. HDF5 writes go through ``GuardedIO``, which never lets the HDF5 library see a
+write error (HDF5 does not survive one: after ENOSPC/EFBIG it crashes on close or at exit):
+the first error is kept, later writes are discarded, and the writer raises it as a plain
+``OSError`` while the temporary file is removed. The index is rebuilt from the shard directory under a lock and replaced
 atomically; the reader also scans the directory, so shards finished after the last index
 rebuild are never invisible. Every shard is itself a valid one-video store.
 
@@ -47,6 +50,13 @@ class StoreError(Exception):
     """The store cannot be used (bad path, not a facekit store, read-only directory...)."""
 
 
+class StoreWriteError(OSError):
+    """Writing a shard or the index failed (disk full, file size limit, quota, I/O error).
+
+    An ``OSError`` with the errno of the failed write; ``filename`` is the temporary file, which
+    has been (or is about to be) removed: nothing was committed."""
+
+
 # ----------------------------------------------------------------------------- paths
 
 def shards_dir(out: str | os.PathLike) -> Path:
@@ -68,7 +78,9 @@ def to_attr(value: Any):
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(value, sort_keys=True, default=str)
     if value is None:
-        return ""
+        return "null"  # JSON null: read back as None
+    if isinstance(value, str):  # file names that are not UTF-8 (surrogates) are stored as \xNN
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return value
 
 
@@ -77,6 +89,8 @@ def from_attr(value: Any):
         value = value.decode("utf-8", "replace")
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, str) and value == "null":
+        return None
     if isinstance(value, str) and value[:1] in "[{":
         try:
             return json.loads(value)
@@ -124,6 +138,126 @@ def check_writable(out: str | os.PathLike) -> None:
 
 # ----------------------------------------------------------------------------- writing
 
+class GuardedIO:
+    """A file for h5py's ``fileobj`` driver that never reports a write error to HDF5.
+
+    The HDF5 library is not safe after a failed write (disk full, file size limit, quota, I/O
+    error): a later flush or close can crash the process. Here the first ``OSError`` of a write
+    or truncate is recorded in ``error`` and the file goes into *sink* mode: the bytes of every
+    later write are kept in memory (so HDF5 reads back what it believes it wrote) and never reach
+    the disk. The owner checks ``error`` after each operation and throws the file away.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+        self.pos = 0
+        self.size = 0  # logical end of file
+        self.error: OSError | None = None
+        self._overlay: list[tuple[int, bytes]] = []  # sink mode: writes that never reached the disk
+
+    def sink(self, error: OSError | None = None) -> None:
+        """Stop writing to the disk (``error``: why; None for a deliberate abort)."""
+        if error is not None and self.error is None:
+            self.error = error
+        if self.error is None:
+            self.error = OSError(errno.ECANCELED, "write cancelled", self.path)
+            self.error.cancelled = True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0:
+            self.pos = offset
+        elif whence == 1:
+            self.pos += offset
+        else:
+            self.pos = self.size + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buf) -> int:
+        mv = memoryview(buf).cast("B")
+        n = len(mv)
+        data = os.pread(self.fd, n, self.pos) if self.pos < self.size else b""
+        mv[: len(data)] = data
+        if len(data) < n:
+            mv[len(data):] = bytes(n - len(data))
+        a, b = self.pos, self.pos + n
+        for off, chunk in self._overlay:  # in write order: later writes win
+            lo, hi = max(a, off), min(b, off + len(chunk))
+            if lo < hi:
+                mv[lo - a: hi - a] = chunk[lo - off: hi - off]
+        self.pos += n
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = max(0, self.size - self.pos)
+        buf = bytearray(n)
+        self.readinto(buf)
+        return bytes(buf)
+
+    def write(self, buf) -> int:
+        mv = memoryview(buf).cast("B")
+        n = len(mv)
+        if self.error is None:
+            try:
+                done = 0
+                while done < n:
+                    done += os.pwrite(self.fd, mv[done:], self.pos + done)
+            except OSError as e:
+                self.sink(e)
+        if self.error is not None:
+            self._overlay.append((self.pos, bytes(mv)))
+        self.pos += n
+        self.size = max(self.size, self.pos)
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as e:
+                self.sink(e)
+        self.size = size
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def fsync(self) -> None:
+        if self.error is None:
+            try:
+                os.fsync(self.fd)
+            except OSError as e:
+                self.sink(e)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self._overlay.clear()
+
+    def raise_error(self) -> None:
+        if self.error is not None and not getattr(self.error, "cancelled", False):
+            e = self.error
+            raise StoreWriteError(e.errno, e.strerror or str(e), self.path)
+
+
+def create_h5(path: str | os.PathLike) -> tuple[h5py.File, GuardedIO]:
+    """A new HDF5 file at ``path`` written through a ``GuardedIO`` (check ``io.error``)."""
+    io = GuardedIO(path)
+    try:
+        f = h5py.File(io, "w", libver="latest")
+    except BaseException:
+        io.close()
+        raise
+    io.raise_error()
+    return f, io
+
+
 class VideoWriter:
     """Writes one video's group into a new shard; ``commit()`` renames it into place.
 
@@ -135,14 +269,26 @@ class VideoWriter:
         self.key = key
         self.dir = shards_dir(out)
         self.final = self.dir / shard_name(key)
-        host = socket.gethostname().replace(".", "_")
+        host = _host()
         self.tmp = self.dir / f".{self.final.name}.{host}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
-        self.file = h5py.File(self.tmp, "w", libver="latest")
-        set_attrs(self.file, {"facekit_version": __version__, "schema_version": SCHEMA_VERSION,
-                              "kind": "shard"})
-        self.group = self.file.create_group(video_path(key))
-        self.group.attrs["key"] = key
+        self.file = None
+        self.io = None
+        try:
+            self.file, self.io = create_h5(self.tmp)
+            set_attrs(self.file, {"facekit_version": __version__, "schema_version": SCHEMA_VERSION,
+                                  "kind": "shard"})
+            self.group = self.file.create_group(video_path(key))
+            self.group.attrs["key"] = key
+            self.check()
+        except BaseException:
+            self.abort()
+            raise
         self.filtered: dict = {}  # set when --max-faces/--primary dropped faces (see engine)
+
+    def check(self) -> None:
+        """Raise the write error that happened since the file was created (as OSError), if any."""
+        if self.io is not None:
+            self.io.raise_error()
 
     def create(self, name: str, shape_tail=(), dtype="f4", data=None, growable=True, attrs=None,
                compression=None, chunk_rows=None):
@@ -160,6 +306,7 @@ class VideoWriter:
         ds = self.group.create_dataset(name, shape=shape, dtype=dtype, data=data, **kw)
         if attrs:
             set_attrs(ds, attrs)
+        self.check()
         return ds
 
     def append(self, name: str, rows) -> None:
@@ -170,29 +317,45 @@ class VideoWriter:
             return
         ds.resize(n + rows.shape[0], axis=0)
         ds[n:] = rows
+        self.check()
 
     def commit(self, attrs: dict) -> Path:
-        """Write the video's attributes, close, fsync and atomically rename into place."""
-        set_attrs(self.group, attrs)
-        self.file.flush()
-        self.file.close()
-        fd = os.open(self.tmp, os.O_RDONLY)
+        """Write the video's attributes, close, fsync and atomically rename into place.
+
+        Raises OSError (the temporary file removed, nothing renamed) when any write failed."""
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self.tmp, self.final)
+            set_attrs(self.group, attrs)
+            self.file.flush()
+            self.check()
+            self.file.close()
+            self.io.fsync()
+            self.check()
+        except BaseException:
+            self.abort()
+            raise
+        self.io.close()
+        try:
+            os.replace(self.tmp, self.final)
+        except BaseException:
+            self.abort()
+            raise
         _fsync_dir(self.dir)
         return self.final
 
     def abort(self) -> None:
+        """Throw the temporary file away (nothing more reaches the disk). Never raises."""
+        if self.io is not None:
+            self.io.sink()
         try:
-            self.file.close()
+            if self.file is not None:
+                self.file.close()
         except Exception:  # noqa: BLE001 - best effort on an already-broken file
             pass
+        if self.io is not None:
+            self.io.close()
         try:
             os.unlink(self.tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
 
 
@@ -215,14 +378,25 @@ def write_failure(out: str | os.PathLike, key: str, attrs: dict) -> Path:
     return w.commit({**attrs, "status": STATUS_FAILED})
 
 
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")
+
+
 def clean_stale_temps(out: str | os.PathLike) -> int:
-    """Remove temporary shards left by dead processes of this host. Returns how many."""
+    """Remove temporary shards, and temporary index files next to ``out``, left by dead processes
+    of this host (or older than a week). Returns how many."""
     d = shards_dir(out)
     if not d.is_dir():
         return 0
-    host = socket.gethostname().replace(".", "_")
+    host = _host()
     n = 0
-    for p in d.iterdir():
+    out = Path(out)
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        index_temps = [p for p in parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    except OSError:
+        index_temps = []
+    for p in list(d.iterdir()) + index_temps:
         if not (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)):
             continue
         parts = p.name[: -len(TMP_SUFFIX)].split(".")
@@ -230,7 +404,10 @@ def clean_stale_temps(out: str | os.PathLike) -> int:
             p_host, p_pid = parts[-3], int(parts[-2])
         except (IndexError, ValueError):
             continue
-        stale = (p_host == host and not _pid_alive(p_pid)) or (time.time() - p.stat().st_mtime > 7 * 86400)
+        try:
+            stale = (p_host == host and not _pid_alive(p_pid)) or (time.time() - p.stat().st_mtime > 7 * 86400)
+        except OSError:  # removed meanwhile (by its own process, or another run cleaning up)
+            continue
         if stale:
             try:
                 p.unlink()
@@ -343,9 +520,11 @@ def rebuild_index(out: str | os.PathLike, root_attrs: dict | None = None) -> lis
             except OSError:
                 old_attrs = {}
         rows = scan(out)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+        tmp = out.with_name(f".{out.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+        io = None
         try:
-            with h5py.File(tmp, "w", libver="latest") as f:
+            f, io = create_h5(tmp)
+            with f:
                 attrs = {**old_attrs, **(root_attrs or {})}
                 attrs.update({"facekit_version": __version__, "schema_version": SCHEMA_VERSION, "kind": "index",
                               "shards_dir": shards_dir(out).name, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -358,8 +537,15 @@ def rebuild_index(out: str | os.PathLike, root_attrs: dict | None = None) -> lis
                 vids = f.create_group("videos")
                 for r in rows:
                     vids[r.key] = h5py.ExternalLink(f"{shards_dir(out).name}/{r.shard}", "/" + video_path(r.key))
+            io.raise_error()
+            io.fsync()
+            io.raise_error()
+            io.close()
             os.replace(tmp, out)
         finally:
+            if io is not None:
+                io.sink()
+                io.close()
             if tmp.exists():
                 tmp.unlink()
     return rows

@@ -42,6 +42,13 @@ __all__ = [
     "mp4_without_moov",
     "still_image",
     "frames_folder",
+    "odd_size_video",
+    "large_video",
+    "hevc10_video",
+    "gray_video",
+    "interlaced_video",
+    "can_encode",
+    "symlink_loop",
 ]
 
 AUDIO_RATE = 44100
@@ -247,9 +254,11 @@ def _even(v: int) -> int:
     return v + (v & 1)
 
 
-def _video_codec_args(codec: str, fps: float, gop: int | None) -> list[str]:
+def _video_codec_args(codec: str, fps: float, gop: int | None, pix_fmt: str | None = None) -> list[str]:
     args = ["-c:v", codec]
-    if codec in _YUV420_CODECS:
+    if pix_fmt:
+        args += ["-pix_fmt", pix_fmt]
+    elif codec in _YUV420_CODECS:
         args += ["-pix_fmt", "yuv420p"]
     elif codec == "mjpeg":
         args += ["-pix_fmt", "yuvj420p"]
@@ -277,7 +286,7 @@ def face_video(path, n_frames: int = 30, fps: float = 25, size: tuple[int, int] 
                audio: str | None = "tone", codec: str = "libx264",
                audio_codec: str | None = None, background: str = "gradient",
                speed: int = 2, gop: int | None = None, extra_args: Sequence[str] = (),
-               frames: Sequence[np.ndarray] | None = None) -> Path:
+               frames: Sequence[np.ndarray] | None = None, pix_fmt: str | None = None) -> Path:
     """A video of the moving face, ``n_frames`` at constant ``fps``.
 
     ``size`` is (width, height); rounded up to even for yuv420p codecs.
@@ -286,10 +295,12 @@ def face_video(path, n_frames: int = 30, fps: float = 25, size: tuple[int, int] 
     ``audio_codec``: default by extension (aac for .mp4/.m4a/.ts, pcm_s16le for
     .mkv/.mov/.avi, mp2 for .mpg).  ``gop``: keyframe interval.
     ``frames``: use these RGB frames instead of the moving face.
+    ``pix_fmt``: the encoder's pixel format (default yuv420p, or yuvj420p for mjpeg); when
+    given, sizes are not rounded (e.g. ``yuv444p`` for odd sizes, ``gray``, ``yuv420p10le``).
     """
     path = Path(path)
     width, height = size
-    if codec in _YUV420_CODECS or codec == "mjpeg":
+    if pix_fmt is None and (codec in _YUV420_CODECS or codec == "mjpeg"):
         width, height = _even(width), _even(height)
     if frames is None:
         frames = list(face_frames(n_frames, (width, height), speed=speed,
@@ -310,7 +321,7 @@ def face_video(path, n_frames: int = 30, fps: float = 25, size: tuple[int, int] 
             args += ["-c:a", acodec]
             if not acodec.startswith("pcm"):
                 args += ["-b:a", "128k"]
-        args += _video_codec_args(codec, fps, gop)
+        args += _video_codec_args(codec, fps, gop, pix_fmt)
         args += list(extra_args)
         args += [str(path)]
         _run_ffmpeg(args, stdin_bytes=raw)
@@ -551,4 +562,72 @@ def frames_folder(directory, n: int = 10, size: tuple[int, int] = (320, 240),
     directory.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(face_frames(n, size, speed=speed)):
         _imwrite(directory / f"{start + i:0{digits}d}{ext}", img)
+    return directory
+
+
+# --------------------------------------------------------------------------
+# hostile but valid videos (tests/test_reliability.py)
+# --------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def can_encode(codec: str, pix_fmt: str = "yuv420p") -> bool:
+    """Whether this ffmpeg can encode ``codec`` in ``pix_fmt`` (tries a 2-frame 64x64 clip)."""
+    with tempfile.TemporaryDirectory(prefix="mediagen_") as tmp:
+        try:
+            face_video(Path(tmp) / "probe.mkv", n_frames=2, size=(64, 64), audio=None, codec=codec,
+                       pix_fmt=pix_fmt)
+            return True
+        except RuntimeError:
+            return False
+
+
+def odd_size_video(path, size: tuple[int, int] = (33, 17), n_frames: int = 5, fps: float = 25,
+                   audio: str | None = None, seed: int = 0) -> Path:
+    """A clip of odd (or tiny, e.g. 1x1) frame size: H.264 in 4:4:4 so any size is legal.
+    Frames are random noise (no face fits): a detector must find nothing and not crash."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n_frames)]
+    return face_video(path, fps=fps, audio=audio, frames=frames, pix_fmt="yuv444p")
+
+
+def large_video(path, size: tuple[int, int] = (7680, 4320), n_frames: int = 2, fps: float = 25,
+                audio: str | None = None) -> Path:
+    """A very large frame size (8K by default) of the face, encoded as fast as x264 can."""
+    return face_video(path, n_frames=n_frames, fps=fps, size=size, audio=audio, speed=0,
+                      background="plain", extra_args=["-preset", "ultrafast"])
+
+
+def hevc10_video(path, n_frames: int = 10, fps: float = 25, size: tuple[int, int] = (320, 240),
+                 audio: str | None = "tone") -> Path:
+    """10-bit HEVC (libx265, yuv420p10le). Check ``can_encode("libx265", "yuv420p10le")`` first."""
+    return face_video(path, n_frames=n_frames, fps=fps, size=size, audio=audio, codec="libx265",
+                      pix_fmt="yuv420p10le", extra_args=["-x265-params", "log-level=error"])
+
+
+def gray_video(path, n_frames: int = 10, fps: float = 25, size: tuple[int, int] = (320, 240),
+               audio: str | None = "tone") -> Path:
+    """A grayscale video: H.264 with pix_fmt gray (4:0:0, High profile) of the grey face."""
+    import cv2
+
+    frames = [np.repeat(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
+              for f in face_frames(n_frames, (_even(size[0]), _even(size[1])))]
+    return face_video(path, fps=fps, audio=audio, frames=frames, pix_fmt="gray")
+
+
+def interlaced_video(path, n_frames: int = 10, fps: float = 25, size: tuple[int, int] = (320, 240),
+                     audio: str | None = "tone") -> Path:
+    """An interlaced H.264 video: pairs of frames woven into top-field-first frames
+    (``tinterlace=interleave_top``: half the frame rate) and coded as fields (+ilme+ildct)."""
+    return face_video(path, n_frames=n_frames, fps=fps, size=size, audio=audio,
+                      extra_args=["-vf", "tinterlace=mode=interleave_top,setfield=tff",
+                                  "-flags", "+ilme+ildct", "-x264-params", "interlaced=1"])
+
+
+def symlink_loop(directory) -> Path:
+    """``directory/loop -> directory``: a directory that contains itself."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    link = directory / "loop"
+    if not link.is_symlink():
+        link.symlink_to(directory.resolve(), target_is_directory=True)
     return directory

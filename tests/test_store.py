@@ -94,7 +94,7 @@ def test_not_a_store_is_a_clear_error(tmp_path):
 
 def test_attrs_roundtrip():
     assert store.from_attr(store.to_attr({"a": [1, 2]})) == {"a": [1, 2]}
-    assert store.from_attr(store.to_attr(None)) == ""
+    assert store.from_attr(store.to_attr(None)) is None
     assert store.from_attr(np.int64(3)) == 3
 
 

@@ -41,6 +41,15 @@ class MelStage(stages.Stage):
     consumes = "audio"
     outputs = ("audio/mel",)
 
+    def __init__(self, config):
+        super().__init__(config)
+        c = config
+        try:  # bad parameters stop the run before any work, not each video
+            log_mel(np.zeros(SAMPLE_RATE // 10, np.float32), SAMPLE_RATE, c.mel_n_mels, c.mel_n_fft, c.mel_hop,
+                    c.mel_window, c.mel_fmin, c.mel_fmax, c.mel_log_floor)
+        except Exception as e:  # noqa: BLE001 - librosa raises several types
+            raise stages.StageError(f"mel: invalid parameters ({type(e).__name__}: {e})") from None
+
     @property
     def params(self) -> dict:
         c = self.config

@@ -116,7 +116,9 @@ class CropStage(stages.Stage):
         crops = np.zeros((n, s, s, 3), np.uint8)
         if n:
             # the affines are in display pixels; the batch images are scaled by batch.scale
-            m = f["image_to_crop"].copy()
+            # image->crop: from align in this run, or the inverse of a stored (reused) faces/affine
+            m = (f["image_to_crop"] if "image_to_crop" in f
+                 else align.invert_affine(f["affine"].astype(np.float64))).copy()
             m[:, :, :2] /= batch.scale
             for i in np.unique(f["frame"]):
                 rows = np.flatnonzero(f["frame"] == i)

@@ -42,10 +42,26 @@ def _imports():
     return torch, fa_utils, FAN, ResNetDepth
 
 
-def _load_state(torch, path) -> dict:
-    state = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickles code
+def _load_state(torch, path, name: str = "fan") -> dict:
+    """The state dict of a checkpoint, loaded with ``weights_only=True``: a file that pickles
+    anything but tensors and plain containers (which could run code when unpickled) is refused
+    with a ModelError, as is a file that is not a checkpoint at all."""
+    import pickle
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickles code
+    except pickle.UnpicklingError as e:
+        why = " ".join(str(e).split("\n\n")[1:2] or [str(e)]).strip() if "\n\n" in str(e) else str(e)
+        raise zoo.ModelError(
+            f"model {name}: {path} is refused: it pickles objects other than tensors, which could run code "
+            f"when loaded ({' '.join(why.split())[:200]}); use a plain state-dict checkpoint") from None
+    except Exception as e:  # noqa: BLE001 - truncated file, not a torch checkpoint...
+        raise zoo.ModelError(f"model {name}: {path} is not a readable PyTorch checkpoint "
+                             f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise zoo.ModelError(f"model {name}: {path} does not hold a state dict")
     return {k.replace("module.", "", 1): v for k, v in state.items()}
 
 
@@ -65,13 +81,13 @@ class Fan:
         self.device = device
         self.max_batch = max_batch
         self.net = FAN(4)
-        self.net.load_state_dict(_load_state(torch, weights.path))
+        self.net.load_state_dict(_load_state(torch, weights.path, weights.model))
         self.net.to(device).eval()
         self.depth = None
         if depth_weights is not None:
             self.depth_weights = depth_weights
             self.depth = ResNetDepth()
-            self.depth.load_state_dict(_load_state(torch, depth_weights.path))
+            self.depth.load_state_dict(_load_state(torch, depth_weights.path, depth_weights.model))
             self.depth.to(device).eval()
 
     def _centre_scale(self, box):
