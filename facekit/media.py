@@ -97,6 +97,20 @@ class FrameBatch:
     faces: dict = field(default_factory=dict)
 
 
+def to_display(xy, scale: float):
+    """Processed-image pixel coordinates -> display pixels, for an image resized by ``scale``.
+
+    Pixel centres are at integer coordinates (OpenCV's convention), so the mapping is
+    ``(p + 0.5) / scale - 0.5``, not ``p / scale`` (which is off by half a pixel per scale step).
+    """
+    return (xy + 0.5) / scale - 0.5
+
+
+def to_processed(xy, scale: float):
+    """Display pixels -> pixels of the image resized by ``scale`` (inverse of ``to_display``)."""
+    return (xy + 0.5) * scale - 0.5
+
+
 def media_kind(path: str | os.PathLike) -> str | None:
     """``"video"``, ``"image"`` or ``"frames"`` from the path alone; None when not media."""
     p = Path(path)
@@ -117,7 +131,8 @@ def list_frame_files(folder: str | os.PathLike) -> list[str]:
     def natural(name: str):
         return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", name)]
 
-    names = [n for n in os.listdir(folder) if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+    names = [n for n in os.listdir(folder)
+             if Path(n).suffix.lower() in IMAGE_EXTENSIONS and not n.startswith(".")]  # ._00001.jpg (macOS)
     return [os.path.join(folder, n) for n in sorted(names, key=natural)]
 
 

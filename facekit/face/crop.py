@@ -67,7 +67,6 @@ class AlignStage(stages.Stage):
 
     def on_frames(self, batch, row0: int, writer) -> None:
         m = image_to_crop(batch.faces, self.config)
-        batch.faces["image_to_crop"] = m
         batch.faces["affine"] = align.invert_affine(m).astype(np.float32) if len(m) else np.zeros((0, 2, 3), np.float32)
         self.write_faces(writer, batch)
 
@@ -88,8 +87,13 @@ class CropStage(stages.Stage):
 
     @property
     def params(self) -> dict:
-        return {**_template_params(self.config), "border": "constant 0", "interpolation": "bilinear",
-                "store": self.config.crops_in_store}
+        c = self.config
+        return {**_template_params(c), "border": "constant 0", "interpolation": "bilinear",
+                "store": c.crops_in_store,
+                # file outputs too: a re-run that asks for images must not be skipped as finished
+                "images": str(Path(c.images).resolve()) if c.images else None,
+                "format": c.image_format if c.images else None,
+                "image_files": bool(c.images and c.write_images), "track_videos": bool(c.track_videos)}
 
     def begin(self, writer, info) -> None:
         s = _template_params(self.config)["size"]
@@ -105,6 +109,10 @@ class CropStage(stages.Stage):
             self._dir = (root / safe_key(writer.key)).resolve()
             if root not in self._dir.parents:
                 raise stages.StageError(f"{writer.key}: image directory would escape {root}")
+        if self._dir is not None and self._dir.is_dir():
+            import shutil
+
+            shutil.rmtree(self._dir)  # files of an earlier run of this video would be stale
         self._videos = _TrackVideos(self._dir) if self.config.track_videos else None
 
     def on_frames(self, batch, row0: int, writer) -> None:
@@ -116,9 +124,12 @@ class CropStage(stages.Stage):
         crops = np.zeros((n, s, s, 3), np.uint8)
         if n:
             # the affines are in display pixels; the batch images are scaled by batch.scale
-            # image->crop: from align in this run, or the inverse of a stored (reused) faces/affine
-            m = (f["image_to_crop"] if "image_to_crop" in f
-                 else align.invert_affine(f["affine"].astype(np.float64))).copy()
+            # image->crop from the stored float32 faces/affine, so a crop computed now and one
+            # computed from a reused align are the same bytes; then display -> processed pixels
+            # (x_display = (x_processed + 0.5) / scale - 0.5)
+            m = align.invert_affine(f["affine"].astype(np.float64))
+            k = 0.5 / batch.scale - 0.5
+            m[:, :, 2] += m[:, :, 0] * k + m[:, :, 1] * k
             m[:, :, :2] /= batch.scale
             for i in np.unique(f["frame"]):
                 rows = np.flatnonzero(f["frame"] == i)

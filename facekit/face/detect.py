@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import stages, zoo
+from ..media import to_display
 from .yunet import YuNet
 
 DETECTORS = {"yunet": YuNet}
@@ -68,11 +69,11 @@ class DetectStage(stages.Stage):
                 rgb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
                 s = (rgb.shape[1] / w + rgb.shape[0] / h) / 2  # the scale actually applied
             b, sc, k = self.detector.detect(rgb)
-            to_display = 1.0 / (s * batch.scale)
+            total = s * batch.scale  # display -> detector image (two area resizes compose)
             frame_rows.append(np.full(len(b), row0 + i, np.int64))
-            boxes.append(b * to_display)
+            boxes.append(to_display(b, total))
             scores.append(sc)
-            kps.append(k * to_display)
+            kps.append(to_display(k, total))
         batch.faces.update(frame=np.concatenate(frame_rows), box=np.concatenate(boxes).astype(np.float32),
                            score=np.concatenate(scores).astype(np.float32),
                            kps5=np.concatenate(kps).astype(np.float32))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import zoo
+from ..media import to_display, to_processed
 
 N_POINTS = 68
 SCHEME = "ibug68"
@@ -161,15 +162,19 @@ class LandmarksStage(stages.Stage):
         n = len(f["frame"])
         out = np.zeros((n, self.model.n_points, self.model.dims), np.float32)
         if self._scores:  # batched backends: every face of the batch in one pass
-            lm, sc = self.model.predict_batch(batch.rgb, f["frame"] - row0, f["box"] * s)
-            out[:] = lm / s
+            lm, sc = self.model.predict_batch(batch.rgb, f["frame"] - row0, to_processed(f["box"], s))
+            out[:] = lm
+            out[:, :, :2] = to_display(lm[:, :, :2], s)
+            if self.model.dims == 3:
+                out[:, :, 2] = lm[:, :, 2] / s
             f["landmarks_score"] = sc
             writer.append("faces/landmarks_score", sc)
         else:
             for i in np.unique(f["frame"]) if n else []:
                 rows = np.flatnonzero(f["frame"] == i)
-                lm, _ = self.model.predict(batch.rgb[i - row0], f["box"][rows] * s, f["kps5"][rows] * s)
-                out[rows] = lm / s
+                lm, _ = self.model.predict(batch.rgb[i - row0], to_processed(f["box"][rows], s),
+                                           to_processed(f["kps5"][rows], s))
+                out[rows] = to_display(lm, s)
         if self._smoother is not None:
             for i in np.unique(f["frame"]) if n else []:
                 rows = np.flatnonzero(f["frame"] == i)

@@ -52,6 +52,7 @@ from scipy.sparse import csr_matrix
 # --- tracker defaults -------------------------------------------------------------------------
 IOU_THRESHOLD = 0.3     # min IoU(predicted track box, detection) to associate (SORT's usual value)
 MAX_GAP_SEC = 1.0       # seconds a track survives without detections (misses, short occlusions)
+GAP_TOLERANCE_SEC = 1e-6  # timestamps are sums of float steps: 2.033 - 1.033 may exceed 1.0
 MIN_TRACK_LEN = 1       # frames; shorter tracks are left out of select() and the primary choice
 EMB_THRESHOLD = 0.2     # min cosine(track embedding, detection embedding) to associate (a veto only:
                         # different people score ~0, the same person across poses ~0.3-0.9)
@@ -191,8 +192,9 @@ class Tracker:
             self.shot += 1
             self.ended += self.live
             self.live = []
-        keep = [tr for tr in self.live if t - tr.t <= self.max_gap_sec]
-        self.ended += [tr for tr in self.live if t - tr.t > self.max_gap_sec]
+        alive = [t - tr.t <= self.max_gap_sec + GAP_TOLERANCE_SEC for tr in self.live]
+        keep = [tr for tr, a in zip(self.live, alive) if a]
+        self.ended += [tr for tr, a in zip(self.live, alive) if not a]
         self.live = keep
 
         ids = np.full(n, -1, np.int64)
@@ -217,10 +219,10 @@ class Tracker:
             return []
         pred = np.stack([tr.predict(t) for tr in self.live])
         iou = iou_matrix(pred, boxes)
-        missed = np.array([tr.row < self.row - 1 for tr in self.live])
-        if missed.any():   # a track back from a gap may also match where it was last seen
-            last = np.stack([tr.box for tr in self.live])
-            iou[missed] = np.maximum(iou[missed], iou_matrix(last[missed], boxes))
+        # a track may also match where it was last seen: after a gap, and when the prediction
+        # overshoots over long time steps (sparse --fps sampling, a turn of direction)
+        last = np.stack([tr.box for tr in self.live])
+        iou = np.maximum(iou, iou_matrix(last, boxes))
         cost = 1.0 - iou
         allowed = iou >= self.iou_threshold
         if embs is not None:
@@ -438,15 +440,20 @@ class TrackStage(stages.Stage):
     requires = ("detect",)
     outputs = ("faces/track", "frames/shot", "tracks")
 
+    def _max_gap(self) -> float:
+        """--track-max-gap, but never less than 2.5 sampling periods (sparse --fps sampling)."""
+        c = self.config
+        return max(c.track_max_gap, 2.5 / c.fps) if c.fps else c.track_max_gap
+
     @property
     def params(self) -> dict:
         c = self.config
-        return {"iou_threshold": IOU_THRESHOLD, "max_gap_sec": c.track_max_gap, "cut_threshold": CUT_THRESHOLD,
+        return {"iou_threshold": IOU_THRESHOLD, "max_gap_sec": self._max_gap(), "cut_threshold": CUT_THRESHOLD,
                 "max_faces": c.max_faces, "primary": c.primary, "per_shot": c.per_shot,
                 "primary_rule": PRIMARY_RULE}
 
     def begin(self, writer, info) -> None:
-        self._tracker = Tracker(max_gap_sec=self.config.track_max_gap, image_size=(info.width, info.height))
+        self._tracker = Tracker(max_gap_sec=self._max_gap(), image_size=(info.width, info.height))
         self._cuts = CutDetector()
         self._shot = 0
         writer.create("faces/track", dtype="i8", attrs={"description": "track id of each face (tracks/id)"})
