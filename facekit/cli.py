@@ -225,7 +225,7 @@ _stage_command("audio", "Compute audio features (log-Mel) of every input.", """
 
 
 @main.command()
-@click.argument("store_path", metavar="OUT.h5", type=click.Path(exists=True))
+@click.argument("store_path", metavar="OUT.h5", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--brief", is_flag=True, help="Totals only, no per-video table.")
 def info(store_path, as_json, brief):

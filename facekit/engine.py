@@ -182,7 +182,9 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_f
 
     old, old_key = (None, None) if config.overwrite else _old_video(shard)
     same_source = bool(old) and old_key == unit.key and all(old.get(k) == v for k, v in stamp.items())
-    if old and old.get("status") == store.STATUS_DONE and same_source:
+    old_done = bool(old) and old.get("status") == store.STATUS_DONE and same_source
+    want_filter = _filter_of(config)
+    if old_done and _filter_of_attrs(old) == want_filter:
         old_params = old.get("stage_params") or {}
         if all(old_params.get(n) == p for n, p in params.items()):
             return Result(unit.key, unit.path, "skipped", n_frames=int(old.get("n_frames", 0)),
@@ -192,9 +194,10 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_f
     reuse_src, reuse_params = None, {}
     if unit.reuse_from:
         a, k = _old_video(Path(unit.reuse_from))
-        if a and a.get("status") == store.STATUS_DONE:
+        # only results of the very same source file (size and mtime unchanged) are reused
+        if a and a.get("status") == store.STATUS_DONE and all(a.get(k2) == v for k2, v in stamp.items()):
             reuse_src, reuse_params = unit.reuse_from, a.get("stage_params") or {}
-    elif old and old.get("status") == store.STATUS_DONE and same_source:
+    elif old_done:
         reuse_src, reuse_params = str(shard), old.get("stage_params") or {}
     if reuse_src and _old_video(Path(reuse_src))[0].get("faces_filtered"):
         # faces were dropped by --max-faces/--primary: the stored detections are not all of them
@@ -260,6 +263,12 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_f
                     for s in todo:
                         s.on_no_audio(writer)
             timings["audio"] = time.perf_counter() - t0
+        carried = _carry_forward(old if old_done else None, shard, unit.key, pipe, params, reused, writer)
+        if carried:
+            attrs["stages"] = [n for n in stages_mod.CANONICAL_ORDER if n in params or n in carried]
+            attrs["stage_params"] = {**params, **carried}
+            if (old or {}).get("faces_filtered") and not any(s.consumes == "frames" for s in pipe):
+                writer.filtered = old["faces_filtered"]
         n_faces = int(writer.group["faces/frame"].shape[0]) if "faces/frame" in writer.group else 0
         timings["total"] = time.perf_counter() - t_start
         attrs["faces_filtered"] = writer.filtered  # {} unless --max-faces/--primary dropped faces
@@ -288,6 +297,11 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_f
             traceback.print_exc()
         attrs.update({"error": cause, "warnings": warnings, "timings": timings,
                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        if old and old.get("status") == store.STATUS_DONE:
+            # never replace finished results with a failure record (use --overwrite to start again)
+            cause += " (the results of an earlier run of this video are kept)"
+            return Result(unit.key, unit.path, "failed", error=cause, warnings=warnings,
+                          seconds=time.perf_counter() - t_start, stop_run=stop)
         try:
             store.write_failure(out, unit.key, attrs)
         except Exception as e2:  # noqa: BLE001 - e.g. disk full: still report the original cause
@@ -296,6 +310,49 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_f
             stop = stop or (isinstance(e2, OSError) and e2.errno in OUT_OF_SPACE)
         return Result(unit.key, unit.path, "failed", error=cause, warnings=warnings,
                       seconds=time.perf_counter() - t_start, stop_run=stop)
+
+
+def _filter_of(config: Config) -> dict:
+    """The face selection a run asks for ({} = keep every face)."""
+    if not (config.max_faces or config.primary):
+        return {}
+    return {"max_faces": config.max_faces, "primary": config.primary, "per_shot": config.per_shot}
+
+
+def _filter_of_attrs(attrs: dict) -> dict:
+    f = attrs.get("faces_filtered") or {}
+    return {k: f.get(k) for k in ("max_faces", "primary", "per_shot")} if f else {}
+
+
+def _carry_forward(old: dict | None, shard: Path, key: str, pipe, params: dict, reused: set, writer) -> dict:
+    """Copy stages stored by an earlier run but not asked for now, when still valid.
+
+    A stage is carried when every stage it requires is unchanged in this run (reused or carried);
+    face stages also need this run's faces to be the stored ones (detect reused, or no face stage
+    at all in this run, in which case the stored frames are carried too). Returns {stage: params}.
+    """
+    if not old:
+        return {}
+    old_params = old.get("stage_params") or {}
+    frame_run = any(s.consumes == "frames" for s in pipe)
+    faces_same = (not frame_run) or ("detect" in reused and not writer.filtered)
+    unchanged = set(reused)
+    carried: dict = {}
+    for name in stages_mod.CANONICAL_ORDER:
+        if name in params or name not in old_params or name not in stages_mod.REGISTRY:
+            continue
+        cls = stages_mod.REGISTRY[name]
+        if cls.consumes == "frames" and not faces_same:
+            continue
+        if all(r in unchanged for r in cls.requires):
+            carried[name] = old_params[name]
+            unchanged.add(name)
+    if carried:
+        paths = [p for n in carried for p in stages_mod.REGISTRY[n].outputs]
+        if not frame_run and any(stages_mod.REGISTRY[n].consumes == "frames" for n in carried):
+            paths.append("frames")
+        _copy_outputs(str(shard), key, writer, paths)
+    return carried
 
 
 class _Replay:
@@ -441,7 +498,18 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
     build_pipeline(cfg)  # load models now: a missing model stops the run before any work
 
     units, problems, warnings = collect(list(inputs), cfg.frame_folders, stdin=stdin)
+    if not units and not problems:
+        from .inputs import InputError
+
+        raise InputError(f"no media files found in: {' '.join(map(str, inputs))}")
+    real_out = os.path.realpath(out)
+    if any(os.path.realpath(u.path) == real_out for u in units):
+        from .inputs import InputError
+
+        raise InputError(f"{out}: the output is one of the inputs")
     units = select_shard(units, cfg.shard)
+    if cfg.shard and not cfg.shard.strip().startswith("1/"):
+        problems = []  # inputs that could not be read are reported by job 1 of the array only
     store.clean_stale_temps(out)
     root_attrs = {"command": command or "facekit.extract(...)", "config": cfg.to_json_dict()}
 

@@ -198,6 +198,13 @@ def collect(inputs: list[str], frame_folders: str = "auto", stdin=None
         except OSError:
             size = 0
         units.append(Unit(key=key, path=str(path), kind=kind, size=size, reuse_from=reuse))
+    # a key that is a folder of another key (frames folder "a" holding a video "a/b.mp4") cannot be
+    # stored: HDF5 groups nest
+    keys = {u.key for u in units}
+    clash = {u.key for u in units if any(u.key.startswith(k + "/") for k in keys if k != u.key)}
+    for u in [u for u in units if u.key in clash]:
+        problems.append((u.path, f"store key {u.key!r} lies inside the key of another input (a frame folder?)"))
+    units = [u for u in units if u.key not in clash]
     units.sort(key=lambda u: u.key)
     return units, problems, warnings
 

@@ -126,6 +126,9 @@ def check_writable(out: str | os.PathLike) -> None:
         raise StoreError(f"{out}: is a directory; give the index file name, e.g. {out}/feats.h5")
     if not parent.exists():
         raise StoreError(f"{out}: directory {parent} does not exist")
+    if out.is_file() and not _is_index(out):
+        raise StoreError(f"{out}: exists and is not a facekit store; refusing to overwrite it "
+                         f"(choose another -o name, or delete the file)")
     d = shards_dir(out)
     try:
         d.mkdir(exist_ok=True)
@@ -134,6 +137,14 @@ def check_writable(out: str | os.PathLike) -> None:
         probe.unlink()
     except OSError as e:
         raise StoreError(f"{out}: cannot write the store ({e.strerror or e})") from e
+
+
+def _is_index(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return from_attr(f.attrs.get("kind", "")) == "index"
+    except OSError:
+        return False
 
 
 # ----------------------------------------------------------------------------- writing

@@ -168,3 +168,26 @@ def test_sigkill_then_rerun_equals_clean_run(tmp_path):
         assert digest(out) == want
         leftovers = [p.name for p in Path(str(out) + ".d").iterdir() if p.name.endswith(".tmp")]
         assert leftovers == []
+
+
+def test_refuses_to_overwrite_a_foreign_file_or_an_input(clips, tmp_path):
+    import h5py
+
+    mine = tmp_path / "mine.h5"
+    with h5py.File(mine, "w") as f:
+        f["precious"] = np.arange(3)
+    r = CliRunner().invoke(main, ["detect", str(clips["face"]), "-o", str(mine)])
+    assert r.exit_code == 2 and "not a facekit store" in r.output
+    with h5py.File(mine, "r") as f:
+        assert "precious" in f
+    import shutil
+
+    v = tmp_path / "v.mp4"
+    shutil.copy(clips["face"], v)
+    r = CliRunner().invoke(main, ["detect", str(v), "-o", str(v)])
+    assert r.exit_code == 2
+    r = CliRunner().invoke(main, ["detect", str(tmp_path / "empty_dir_that_exists"), "-o", str(tmp_path / "x.h5")])
+    assert r.exit_code != 0
+    (tmp_path / "nothing").mkdir()
+    r = CliRunner().invoke(main, ["detect", str(tmp_path / "nothing"), "-o", str(tmp_path / "x.h5")])
+    assert r.exit_code == 2 and "no media files" in r.output

@@ -304,3 +304,63 @@ def test_video_without_faces_finishes_with_empty_arrays(tmp_path):
         assert f.track.shape == (0,) and len(v.group["tracks/id"]) == 0
         assert v.faces.per_frame_counts().tolist() == [0] * 10
         assert v.audio["mel"].data.shape[0] > 0
+
+
+def test_other_stages_are_kept_when_a_run_asks_for_fewer(clips, tmp_path):
+    """extract then crop: pose and mel stored by the first run stay (their inputs are unchanged)."""
+    out = tmp_path / "f.h5"
+    facekit.extract([str(clips["face"])], out, progress=False, stages="align,pose,mel")
+    s = facekit.extract([str(clips["face"])], out, progress=False, stages="crop")
+    assert s.ok and len(s.processed) == 1
+    with facekit.open(out) as st:
+        v = st["face.mp4"]
+        assert {"pose", "mel", "crop"} <= set(v.attrs["stages"])
+        assert v.faces.pose.shape == (20, 3) and v.faces.crop.shape[0] == 20 and "mel" in v.audio
+    # an audio-only run keeps every face stage and the frames
+    facekit.extract([str(clips["face"])], out, progress=False, stages="mel", mel_n_mels=40)
+    with facekit.open(out) as st:
+        v = st["face.mp4"]
+        assert v.audio["mel"].data.shape[1] == 40 and len(v.frames) == 20 and v.faces.crop.shape[0] == 20
+    # a detection change invalidates the face stages that are not recomputed
+    facekit.extract([str(clips["face"])], out, progress=False, stages="detect", det_threshold=0.7)
+    with facekit.open(out) as st:
+        v = st["face.mp4"]
+        assert "pose" not in v.attrs["stages"] and "landmarks" not in v.faces.keys() and "mel" in v.audio
+
+
+def test_failed_rerun_keeps_finished_results(clips, tmp_path):
+    import shutil
+
+    src = tmp_path / "c.mp4"
+    shutil.copy(clips["face"], src)
+    out = tmp_path / "f.h5"
+    facekit.extract([str(src)], out, progress=False, stages="detect")
+    src.write_text("junk")
+    s = facekit.extract([str(src)], out, progress=False, stages="detect,mel")
+    assert len(s.failed) == 1 and "kept" in s.failed[0].error
+    with facekit.open(out) as st:
+        assert st["c.mp4"].status == "done" and len(st["c.mp4"].faces) == 20
+
+
+def test_filtered_store_is_not_skipped_for_an_unfiltered_run(clips, tmp_path):
+    out = tmp_path / "f.h5"
+    facekit.extract([str(clips["face"])], out, progress=False, stages="detect", primary=True)
+    s = facekit.extract([str(clips["face"])], out, progress=False, stages="detect")
+    assert len(s.processed) == 1  # not skipped: the stored faces were a selection
+    with facekit.open(out) as st:
+        assert not st["face.mp4"].attrs["faces_filtered"]
+
+
+def test_store_input_is_not_reused_for_a_changed_source(clips, tmp_path):
+    import shutil
+
+    src = tmp_path / "clip.mp4"
+    shutil.copy(clips["face"], src)
+    a = tmp_path / "a.h5"
+    facekit.extract([str(src)], a, progress=False, stages="detect")
+    shutil.copy(clips["face2"], src)  # another video at the same path
+    s = facekit.extract([str(a)], tmp_path / "b.h5", progress=False, stages="detect,mel")
+    assert s.ok
+    with facekit.open(tmp_path / "b.h5") as st:
+        v = st["clip.mp4"]
+        assert v.attrs["reused_stages"] == [] and len(v.frames) == 12
