@@ -51,10 +51,14 @@ def _load_state(torch, path, name: str = "fan") -> dict:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickles code
     except pickle.UnpicklingError as e:
-        why = " ".join(str(e).split("\n\n")[1:2] or [str(e)]).strip() if "\n\n" in str(e) else str(e)
+        # torch's message: a preamble (suggesting to turn the safe mode off), then the reason
+        parts = str(e).split("\n\n")
+        why = " ".join((parts[1] if len(parts) > 1 else parts[0]).split())[:200]
+        if "global" not in why.lower():  # not a pickle of objects at all (garbage, truncated)
+            raise zoo.ModelError(f"model {name}: {path} is not a readable PyTorch checkpoint ({why})") from None
         raise zoo.ModelError(
             f"model {name}: {path} is refused: it pickles objects other than tensors, which could run code "
-            f"when loaded ({' '.join(why.split())[:200]}); use a plain state-dict checkpoint") from None
+            f"when loaded ({why}); use a plain state-dict checkpoint") from None
     except Exception as e:  # noqa: BLE001 - truncated file, not a torch checkpoint...
         raise zoo.ModelError(f"model {name}: {path} is not a readable PyTorch checkpoint "
                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None

@@ -13,6 +13,10 @@ from .. import zoo
 
 MODEL_NAME = "yunet"
 TOP_K = 5000  # candidates kept before NMS
+#: images smaller than this (either side) are padded with black to it before detection: when a side
+#: is at most 32 px (one cell of the stride-32 head) cv2.FaceDetectorYN returns garbage that depends
+#: on what the process did before (NaN boxes, "faces" in a 1x1 image); 33 was enough in our tests
+MIN_SIDE = 64
 
 
 class YuNet:
@@ -38,6 +42,9 @@ class YuNet:
         import cv2
 
         h, w = rgb.shape[:2]
+        if h < MIN_SIDE or w < MIN_SIDE:  # pad bottom/right: pixel coordinates are unchanged
+            rgb = np.pad(rgb, ((0, max(0, MIN_SIDE - h)), (0, max(0, MIN_SIDE - w)), (0, 0)))
+            h, w = rgb.shape[:2]
         if (w, h) != self._size:
             self._net.setInputSize((w, h))
             self._size = (w, h)
@@ -46,6 +53,7 @@ class YuNet:
         if out is None or len(out) == 0:
             return (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
         out = out.astype(np.float32)
+        out = out[np.isfinite(out).all(axis=1)]
         x, y, bw, bh = out[:, 0], out[:, 1], out[:, 2], out[:, 3]
         boxes = np.stack([x, y, x + bw, y + bh], axis=1)
         kps = out[:, 4:14].reshape(-1, 5, 2)
