@@ -497,7 +497,8 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
     store.check_writable(out)
     build_pipeline(cfg)  # load models now: a missing model stops the run before any work
 
-    units, problems, warnings = collect(list(inputs), cfg.frame_folders, stdin=stdin)
+    audio_only = all(stages_mod.REGISTRY[n].consumes == "audio" for n in cfg.stages)
+    units, problems, warnings = collect(list(inputs), cfg.frame_folders, stdin=stdin, audio=audio_only)
     if not units and not problems:
         from .inputs import InputError
 

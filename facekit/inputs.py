@@ -19,7 +19,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from .media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 
 class InputError(Exception):
@@ -46,7 +46,7 @@ def _is_frame_folder(files: list[str], mode: str) -> bool:
     return len(files) >= 2 and all(_NUMBERED.match(f) for f in files)
 
 
-def _walk(root: Path, frame_folders: str, warnings: list[str]) -> list[tuple[Path, str]]:
+def _walk(root: Path, frame_folders: str, warnings: list[str], audio: bool = False) -> list[tuple[Path, str]]:
     found: list[tuple[Path, str]] = []
     seen_dirs: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -60,7 +60,8 @@ def _walk(root: Path, frame_folders: str, warnings: list[str]) -> list[tuple[Pat
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files = sorted(f for f in filenames if not f.startswith("."))
         images = [f for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
-        videos = [f for f in files if Path(f).suffix.lower() in VIDEO_EXTENSIONS]
+        media_ext = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS if audio else VIDEO_EXTENSIONS
+        videos = [f for f in files if Path(f).suffix.lower() in media_ext]
         for f in videos:
             found.append((Path(dirpath) / f, "video"))
         if images:
@@ -124,9 +125,11 @@ def safe_key(key: str) -> str:
     return "/".join(parts)
 
 
-def collect(inputs: list[str], frame_folders: str = "auto", stdin=None
+def collect(inputs: list[str], frame_folders: str = "auto", stdin=None, audio: bool = False
             ) -> tuple[list[Unit], list[tuple[str, str]], list[str]]:
     """Expand inputs. Returns (units, problems [(path, cause)], warnings).
+
+    audio: also take audio files (.wav, .flac, ...) found in directories (runs of audio stages only).
 
     Missing or non-media explicit inputs become problems (they are reported and recorded as
     failures); directories contribute every media file found below them.
@@ -147,7 +150,7 @@ def collect(inputs: list[str], frame_folders: str = "auto", stdin=None
             if frame_folders != "no" and _dir_is_frames(ap, frame_folders):
                 entries.append((ap, "frames", ap.parent, None, None))
                 continue
-            for f, kind in _walk(ap, frame_folders, warnings):
+            for f, kind in _walk(ap, frame_folders, warnings, audio):
                 entries.append((Path(os.path.abspath(f)), kind, ap, None, None))
             continue
         ext = p.suffix.lower()

@@ -33,6 +33,7 @@ VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .mpe .m2v .ts .mts .m2ts .wmv .flv .3gp .ogv .vob .dv .mxf".split()
 )
 IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .tif .tiff .webp".split())
+AUDIO_EXTENSIONS = frozenset(".wav .flac .mp3 .m4a .aac .ogg .opus .wma".split())  # audio-only runs
 
 
 class MediaError(Exception):

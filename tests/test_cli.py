@@ -191,3 +191,15 @@ def test_refuses_to_overwrite_a_foreign_file_or_an_input(clips, tmp_path):
     (tmp_path / "nothing").mkdir()
     r = CliRunner().invoke(main, ["detect", str(tmp_path / "nothing"), "-o", str(tmp_path / "x.h5")])
     assert r.exit_code == 2 and "no media files" in r.output
+
+
+def test_audio_command_takes_audio_files_from_folders(tmp_path):
+    d = tmp_path / "speech"
+    d.mkdir()
+    mediagen.audio_only(d / "a.wav", duration=0.5)
+    mediagen.audio_only(d / "b.m4a", duration=0.5)
+    r = run("audio", d, "-o", tmp_path / "a.h5", "-q", "--json")
+    s = json.loads(r.stdout)
+    assert r.exit_code == 0 and s["processed"] == 2
+    with facekit.open(tmp_path / "a.h5") as st:
+        assert sorted(st) == ["a.wav", "b.m4a"] and st["a.wav"].audio["mel"].data.shape[0] == 51
