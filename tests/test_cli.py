@@ -143,33 +143,6 @@ def test_subprocess_python_m_and_version():
     assert p.returncode == 0 and facekit.__version__ in p.stdout
 
 
-@pytest.mark.slow
-def test_sigkill_then_rerun_equals_clean_run(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(5):
-        mediagen.face_video(src / f"v{i}.mp4", n_frames=40, audio="speech")
-    clean = tmp_path / "clean.h5"
-    subprocess.run(facekit_exe() + ["extract", str(src), "-o", str(clean), "-q"], check=True, timeout=300)
-    want = digest(clean)
-    assert len(want) == 5
-    rng = random.Random(0)
-    for trial in range(3):
-        out = tmp_path / f"killed{trial}.h5"
-        p = subprocess.Popen(facekit_exe() + ["extract", str(src), "-o", str(out), "-q"])
-        time.sleep(rng.uniform(1.0, 4.0))
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-        r = subprocess.run(facekit_exe() + ["extract", str(src), "-o", str(out), "-q", "--json"],
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-        s = json.loads(r.stdout)
-        assert s["processed"] + s["skipped"] == 5
-        assert digest(out) == want
-        leftovers = [p.name for p in Path(str(out) + ".d").iterdir() if p.name.endswith(".tmp")]
-        assert leftovers == []
-
-
 def test_refuses_to_overwrite_a_foreign_file_or_an_input(clips, tmp_path):
     import h5py
 
