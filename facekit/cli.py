@@ -100,6 +100,10 @@ def run_options(f):
         click.option("--mel-fmax", type=float, default=_D.mel_fmax, show_default=True, help="log-Mel: highest Hz."),
         click.option("--mel-log-floor", type=float, default=_D.mel_log_floor, show_default=True,
                      help="log-Mel: power floor before 10*log10."),
+        click.option("--mel-deltas", type=click.IntRange(0, 2), default=_D.mel_deltas, show_default=True,
+                     help="log-Mel: append deltas (1) or deltas + delta-deltas (2): D = n_mels * (1 + N)."),
+        click.option("--mel-delta-window", type=click.IntRange(min=1), default=_D.mel_delta_window,
+                     show_default=True, help="log-Mel: frames each side of the delta regression (HTK/Kaldi: 2)."),
         click.option("--weights", "weights", multiple=True, callback=_weights, metavar="NAME=PATH",
                      help="Use a local weight file for model NAME in this run (repeatable)."),
         click.option("--device", default="cpu", show_default=True, help="cpu (GPU support comes later)."),
@@ -175,6 +179,7 @@ def main():
       find data -name '*.mp4' | facekit extract - -o feats.h5
       facekit info feats.h5                        # what is in a store
       facekit verify feats.h5                      # is it whole? (exit code 1 if not)
+      facekit export feats.h5 --to feats/          # .npy per video and stream, rows = video frames
       facekit models list                          # the model zoo
     """
 
@@ -275,6 +280,56 @@ def verify(store_path, as_json, quick):
         sys.exit(EXIT_CANNOT_START)
     click.echo(json.dumps(report, indent=2, default=str) if as_json else format_report(report))
     sys.exit(0 if report["ok"] else EXIT_FAILED)
+
+
+@main.command()
+@click.argument("store_path", metavar="OUT.h5", type=click.Path(exists=True, dir_okay=False))
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False), help="Folder to write into.")
+@click.option("--format", "fmt", type=click.Choice(["npy", "csv"]), default="npy", show_default=True,
+              help="npy: one .npy array per video and stream; csv: one table per video and stream.")
+@click.option("--clock", default="video", show_default=True, metavar="video|native|STREAM",
+              help="Rows of every file: video frames, each stream's own rows, or an audio stream's windows (e.g. mel).")
+@click.option("--method", type=click.Choice(["nearest", "linear", "mean"]), default="nearest", show_default=True,
+              help="How a stream is put on the clock: nearest row, linear interpolation, or mean over each row's span.")
+@click.option("--streams", default=None, metavar="LIST",
+              help="Comma-separated streams (mel, whisper, vggish, faces.landmarks, faces.embed.sface, ...); "
+                   "default: every audio stream and face dataset except crops, masks and affines.")
+@click.option("--faces", "faces_sel", type=click.Choice(["primary", "largest"]), default="primary", show_default=True,
+              help="On a frame clock, which face gives each frame's row: the primary track's or the largest.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest (what was written) as JSON.")
+def export(store_path, to, fmt, clock, method, streams, faces_sel, quiet, as_json):
+    """Write a store's features as one file per video and stream, all on one clock.
+
+    Files go to DIR/<video key>/<stream>.npy|csv (plus t.npy and frame.npy for npy), and
+    DIR/manifest.json lists what was written. Rows without data (no face in the frame, a video
+    longer than its audio) are NaN.
+
+    \b
+    Examples:
+      facekit export feats.h5 --to feats/                        # every stream, one row per video frame
+      facekit export feats.h5 --to feats/ --method mean          # audio averaged over each frame's span
+      facekit export feats.h5 --to csv/ --format csv --streams mel,faces.landmarks
+      facekit export feats.h5 --to raw/ --clock native           # each stream on its own clock
+    """
+    from .export import ExportError, export as run_export
+
+    try:
+        manifest = run_export(store_path, to, format=fmt, clock=clock, method=method, streams=streams,
+                              faces=faces_sel, progress=False if quiet else None)
+    except ExportError as e:
+        click.echo(f"facekit: error: {e}", err=True)
+        sys.exit(EXIT_CANNOT_START)
+    for key, why in manifest["failed"].items():
+        click.echo(f"facekit: {_oneline(key)}: not exported (failed video: {_oneline(why)})", err=True)
+    for key, why in manifest["skipped"].items():
+        click.echo(f"facekit: {_oneline(key)}: not exported ({_oneline(why)})", err=True)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+    if not quiet:
+        click.echo(f"facekit: exported {len(manifest['videos'])} videos ({len(manifest['failed'])} failed, "
+                   f"{len(manifest['skipped'])} skipped) -> {to}", err=True)
+    sys.exit(EXIT_FAILED if manifest["failed"] else 0)
 
 
 @main.command()

@@ -62,6 +62,8 @@ class Config:
     mel_fmin: float = 0.0  # Hz
     mel_fmax: float = 8000.0  # Hz
     mel_log_floor: float = 1e-10  # power floor before 10*log10 (dB)
+    mel_deltas: int = 0  # append deltas (1) or deltas and delta-deltas (2) to each mel row
+    mel_delta_window: int = 2  # frames each side of the delta regression (HTK/Kaldi default)
     # models and run control
     weights: dict = field(default_factory=dict)  # model name -> local file
     device: str = "cpu"

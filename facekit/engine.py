@@ -231,9 +231,15 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_f
         frame_stages = [s for s in pipe if s.consumes == "frames"]
         audio_stages = [s for s in pipe if s.consumes == "audio"]
         n_rows = 0
-        if frame_stages:
-            if not info.has_video:
+        if frame_stages and not info.has_video:
+            if not (audio_stages and info.has_audio):
                 raise MediaError(unit.path, "no video stream (face stages need one)")
+            # an audio file in a mixed run: its audio features are computed, the face stages have
+            # nothing to see (the mirror of "no audio" for a silent video)
+            warnings.append("no video stream: face stages skipped, audio stages computed")
+            attrs["video_status"] = "no video"
+            frame_stages = []
+        if frame_stages:
             t0 = time.perf_counter()
             todo = [s for s in frame_stages if s.name not in reused]
             if not todo:  # everything stored: copy, no decoding

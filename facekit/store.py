@@ -716,6 +716,44 @@ class Faces:
             return np.zeros(self.n_frames, np.int64)
         return np.bincount(self["frame"], minlength=self.n_frames)
 
+    def rows_per_frame(self, select: str = "primary", tracks: h5py.Group | None = None) -> np.ndarray:
+        """[F] int64: the face row chosen for each frame row, -1 where the frame has none.
+
+        ``select``: ``"primary"`` the face of the primary track (``tracks/primary``, one per
+        video), ``"largest"`` the face with the largest box area in each frame (needs no tracking)."""
+        rows = np.full(self.n_frames, -1, np.int64)
+        if not len(self):
+            return rows
+        frame = self["frame"]
+        if select == "primary":
+            if tracks is None or "primary" not in tracks or "track" not in self.keys():
+                raise KeyError("select='primary' needs the track stage (tracks/primary); use 'largest'")
+            prim = set(tracks["id"][()][tracks["primary"][()] == 1].tolist())
+            cand = np.flatnonzero(np.isin(self["track"], list(prim)))
+            area = np.zeros(len(frame))
+        elif select == "largest":
+            box = self["box"]
+            area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+            cand = np.arange(len(frame))
+        else:
+            raise ValueError(f"unknown face selection {select!r} (primary or largest)")
+        # among the candidates of each frame keep the largest (the first when equal)
+        order = cand[np.lexsort((-area[cand], frame[cand]))]
+        first = np.concatenate([[True], frame[order][1:] != frame[order][:-1]]) if len(order) else order
+        rows[frame[order[first]]] = order[first]
+        return rows
+
+    def per_frame(self, name: str, select: str = "primary", tracks: h5py.Group | None = None) -> np.ndarray:
+        """``faces/<name>`` with one row per frame [F, ...] (see ``rows_per_frame``); frames without
+        the chosen face are NaN (integer datasets come back as float64 for that)."""
+        data = self[name]
+        rows = self.rows_per_frame(select, tracks)
+        dtype = data.dtype if np.issubdtype(data.dtype, np.floating) else np.float64
+        out = np.full((self.n_frames,) + data.shape[1:], np.nan, dtype=dtype)
+        ok = rows >= 0
+        out[ok] = data[rows[ok]]
+        return out
+
 
 class AudioStream:
     """One audio feature: ``data`` [T, D] float32, ``t`` [T] seconds (window centres), ``attrs``."""
@@ -734,6 +772,21 @@ class AudioStream:
 
     def __len__(self):
         return self.group["t"].shape[0]
+
+    @property
+    def hop_sec(self) -> float | None:
+        """The step between rows in seconds, from the attributes (None when not recorded)."""
+        for k in ("hop_sec", "frame_hop_sec"):
+            if isinstance(self.attrs.get(k), (int, float)):
+                return float(self.attrs[k])
+        return None
+
+    def at(self, t, method: str = "nearest") -> np.ndarray:
+        """This stream on the times ``t`` [F] seconds (e.g. ``video.frames.t``): [F, D], NaN rows
+        outside the stream's coverage. ``method``: nearest, linear or mean (``facekit.clock``)."""
+        from . import clock
+
+        return clock.resample(self.data, self.t, t, method, hop=self.hop_sec)
 
 
 class Video:
@@ -764,6 +817,49 @@ class Video:
     def audio(self) -> dict[str, AudioStream]:
         a = self.group.get("audio")
         return {} if a is None else {k: AudioStream(g) for k, g in a.items()}
+
+    @property
+    def tracks(self) -> h5py.Group | None:
+        return self.group.get("tracks")
+
+    def clock(self, name: str = "video") -> np.ndarray:
+        """Time stamps [T] seconds of a clock: ``"video"`` (``frames/t``) or an audio stream's name."""
+        if name == "video":
+            return self.frames.t
+        if name in self.audio:
+            return self.audio[name].t
+        raise KeyError(f"no clock {name!r} in {self.key} (video or one of: {', '.join(self.audio) or 'no audio'})")
+
+    def stream(self, name: str, clock: str = "video", method: str = "nearest",
+               faces: str = "primary") -> tuple[np.ndarray, np.ndarray]:
+        """``(data, t)``: a stream put on a clock.
+
+        ``name``: an audio stream (``"mel"``, ``"whisper"``, ...) or a face dataset
+        (``"faces/landmarks"``, ``"faces/embed/sface"``). ``clock``: ``"video"`` (one row per
+        frame of ``frames/``), an audio stream's name, or ``"native"`` (the stream's own rows:
+        windows for audio, faces for face datasets). ``method``: nearest, linear or mean
+        (``facekit.clock``). Face datasets are first reduced to one face per frame (``faces``:
+        ``"primary"`` or ``"largest"``), except on the native clock. Rows without data are NaN.
+        """
+        from . import clock as clock_mod
+
+        if name.startswith("faces/"):
+            fname = name[len("faces/"):]
+            if clock == "native":
+                frame = self.faces["frame"]
+                return self.faces[fname], self.frames.t[frame]
+            data, t_src, hop = self.faces.per_frame(fname, faces, self.tracks), self.frames.t, None
+            if clock == "video":
+                return data, t_src
+        else:
+            if name not in self.audio:
+                raise KeyError(f"no stream {name!r} in {self.key}")
+            a = self.audio[name]
+            data, t_src, hop = a.data, a.t, a.hop_sec
+            if clock == "native":
+                return data, t_src
+        t_dst = self.clock(clock)
+        return clock_mod.resample(data, t_src, t_dst, method, hop=hop), t_dst
 
     def __repr__(self):
         return f"<facekit.Video {self.key!r} status={self.status} frames={len(self.frames)} faces={len(self.faces)}>"

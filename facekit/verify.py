@@ -48,6 +48,23 @@ ROW_SHAPES = {"box": (4,), "score": (), "kps5": (5, 2), "affine": (2, 3), "pose"
 READ_BLOCK_BYTES = 64 << 20  # read datasets back in blocks of about this size
 
 
+def _registry_outputs(stage: str) -> tuple[str, ...] | None:
+    """What a stage without an entry above promises, from its ``outputs`` in the stage registry:
+    ``audio/<name>`` -> its ``data`` and ``t``; other paths as datasets or groups (trailing "/")."""
+    from . import stages
+
+    stages.load_builtin()
+    cls = stages.REGISTRY.get(stage)
+    if cls is None:
+        return None
+    out: list[str] = []
+    for path in cls.outputs:
+        out += [f"{path}/data", f"{path}/t"] if path.startswith("audio/") else [path]
+    if cls.consumes == "frames":
+        out = ["frames/t", "frames/index"] + out
+    return tuple(out)
+
+
 def _problem(report: dict, message: str, file: str | None = None, key: str | None = None) -> None:
     report["problems"].append(_entry(message, file, key))
 
@@ -201,13 +218,15 @@ def _check_video(g, attrs: dict, read_data: bool, h5py) -> list[str]:
     # what the recorded stages promise
     missing: dict[str, str] = {}  # path -> the first stage that promises it
     for stage, p in params.items():
-        promised = STAGE_OUTPUTS.get(stage)
+        promised = STAGE_OUTPUTS.get(stage) or _registry_outputs(stage)
         if promised is None:
             out.append(f"warning: stage {stage!r} is unknown to this facekit version; its outputs are not checked")
             continue
         for path in promised:
             if stage == "crop" and path == "faces/crop" and isinstance(p, dict) and p.get("store") is False:
                 continue
+            if attrs.get("video_status") == "no video" and not path.startswith("audio/"):
+                continue  # an audio file in a run with face stages: they had nothing to see
             there = isinstance(g.get(path[:-1]), h5py.Group) if path.endswith("/") else \
                 isinstance(g.get(path), h5py.Dataset)
             if not there:

@@ -129,8 +129,9 @@ def hostile(tmp_path_factory):
     bad["bad/text.mp4"] = "not a readable media file"
     g.mp4_without_moov(root / "bad/nomoov.mp4", n_frames=10, size=SMALL)
     bad["bad/nomoov.mp4"] = "without a moov atom"
-    g.audio_only(root / "bad/audioonly.mp4", duration=0.5)
-    bad["bad/audioonly.mp4"] = "no video stream"
+    # an audio-only file in a run with face and audio stages: audio computed, faces skipped, warned
+    g.audio_only(root / "odd/audioonly.mp4", duration=0.5)
+    done["odd/audioonly.mp4"] = {"warning": "no video stream: face stages skipped", "faces": 0}
     # a directory that contains itself
     g.symlink_loop(root / "loop")
     return root, done, bad
