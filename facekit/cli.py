@@ -180,6 +180,7 @@ def main():
       facekit info feats.h5                        # what is in a store
       facekit verify feats.h5                      # is it whole? (exit code 1 if not)
       facekit export feats.h5 --to feats/          # .npy per video and stream, rows = video frames
+      facekit merge /scratch/job*/feats.h5 -o feats.h5   # join stores written separately
       facekit models list                          # the model zoo
     """
 
@@ -330,6 +331,43 @@ def export(store_path, to, fmt, clock, method, streams, faces_sel, quiet, as_jso
         click.echo(f"facekit: exported {len(manifest['videos'])} videos ({len(manifest['failed'])} failed, "
                    f"{len(manifest['skipped'])} skipped) -> {to}", err=True)
     sys.exit(EXIT_FAILED if manifest["failed"] else 0)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, metavar="SRC.h5...", type=click.Path(exists=True))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The store to merge into.")
+@click.option("--overwrite", is_flag=True, help="A video finished in both: take the source's (default: keep OUT's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def merge(sources, out, overwrite, as_json):
+    """Join stores written separately into OUT.h5 (and rebuild its index).
+
+    Each video's shard file is copied into OUT.h5.d/ (atomically); a finished result replaces a
+    failure, never the reverse; a video finished in both is a conflict (kept, exit code 1) unless
+    --overwrite. Jobs that wrote into the same store (--shard I/N) need no merge; with no SRC,
+    merge only rebuilds OUT's index.
+
+    \b
+    Examples:
+      facekit merge /scratch/job*/feats.h5 -o feats.h5   # stores of a job array on node-local disks
+      facekit merge -o feats.h5                          # rebuild the index from feats.h5.d/
+    """
+    from .merge import MergeError, merge as run_merge
+    from .store import StoreError
+
+    try:
+        rep = run_merge(sources, out, overwrite=overwrite)
+    except (MergeError, StoreError) as e:
+        click.echo(f"facekit: error: {e}", err=True)
+        sys.exit(EXIT_CANNOT_START)
+    for c in rep.conflicts:
+        click.echo(f"facekit: conflict: {_oneline(c)}", err=True)
+    for u in rep.unreadable:
+        click.echo(f"facekit: {_oneline(u)}: unreadable shard file, not merged", err=True)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+    click.echo(f"facekit: {len(rep.copied)} copied, {len(rep.replaced)} replaced, {len(rep.kept)} kept, "
+               f"{len(rep.conflicts)} conflicts -> {out} ({rep.videos} videos)", err=True)
+    sys.exit(0 if rep.ok else EXIT_FAILED)
 
 
 @main.command()
