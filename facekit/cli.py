@@ -111,6 +111,11 @@ def run_options(f):
                      help="Worker processes, each writing its own shards."),
         click.option("--shard", default=None, metavar="I/N",
                      help="Process only the I-th of N slices of the inputs (job arrays)."),
+        click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="local: worker processes on this machine; ray: --workers actors on a Ray cluster "
+                          "(the store must be on a file system every node sees)."),
+        click.option("--ray-address", default=None, metavar="HOST:PORT",
+                     help="With --backend ray: the cluster to connect to (default: $RAY_ADDRESS, else a local Ray)."),
         click.option("--overwrite", is_flag=True, help="Recompute finished videos instead of skipping them."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line."),
         click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout."),
@@ -128,6 +133,7 @@ def _oneline(text: str) -> str:
 
 
 def _run(command: str, inputs, out, stages, quiet, as_json, debug, **options):
+    from .cluster import ClusterError
     from .engine import extract
     from .inputs import InputError
     from .stages import StageError, available
@@ -148,7 +154,7 @@ def _run(command: str, inputs, out, stages, quiet, as_json, debug, **options):
     try:
         summary = extract(list(inputs), out, stages=stages, command=argv,
                           progress=None if not quiet else False, debug=debug, on_result=on_result, **options)
-    except (StageError, zoo.ModelError, StoreError, InputError, ValueError) as e:
+    except (StageError, zoo.ModelError, StoreError, InputError, ClusterError, ValueError) as e:
         if debug:
             raise
         click.echo(f"facekit: error: {e}", err=True)

@@ -69,6 +69,8 @@ class Config:
     device: str = "cpu"
     workers: int = 1
     shard: str | None = None  # "I/N": process the I-th of N slices of the sorted inputs (1-based)
+    backend: str = "local"  # "local" (processes on this machine) or "ray" (actors on a Ray cluster)
+    ray_address: str | None = None  # with backend "ray": HOST:PORT of a running cluster (None: RAY_ADDRESS or local)
     overwrite: bool = False
 
     def to_json_dict(self) -> dict:

@@ -499,6 +499,8 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
     cfg.stages = stages_mod.resolve(names)
     if cfg.device != "cpu":
         raise stages_mod.StageError(f"--device {cfg.device}: only cpu is supported in this version")
+    if cfg.backend not in ("local", "ray"):
+        raise ValueError(f"unknown backend {cfg.backend!r} (local or ray)")
     out = os.fspath(out)
     store.check_writable(out)
     build_pipeline(cfg)  # load models now: a missing model stops the run before any work
@@ -571,7 +573,11 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
             last_index = time.monotonic()
 
     try:
-        if cfg.workers <= 1 or len(order) <= 1:
+        if cfg.backend == "ray":
+            from .cluster import run_ray
+
+            run_ray(order, cfg, out, debug, handle, lambda: bool(stopped))
+        elif cfg.workers <= 1 or len(order) <= 1:
             for u in order:
                 if not fbar.disable:  # (the guess costs a probe)
                     fbar.reset(total=_expected_frames(u, cfg))

@@ -14,6 +14,7 @@ import numpy as np
 from .. import stages
 from ..media import SAMPLE_RATE
 
+MEL_BLOCK_FRAMES = 6000  # frames per STFT block (60 s at the default hop): bounds memory on long tracks
 DELTA_WINDOW = 2  # frames each side of the HTK/Kaldi delta regression (a 5-frame window)
 DELTA_BLOCKS = ("static", "delta", "delta2")
 
@@ -24,13 +25,25 @@ def log_mel(samples: np.ndarray, sr: int = SAMPLE_RATE, n_mels: int = 80, n_fft:
     """Log-Mel features [T, n_mels] float32 (dB) of mono float32 ``samples`` at ``sr`` Hz."""
     import librosa
 
-    samples = np.asarray(samples, dtype=np.float32)
+    samples = np.asarray(samples, dtype=np.float32).reshape(-1)
     if samples.size == 0:
         return np.zeros((0, n_mels), np.float32)
-    mel = librosa.feature.melspectrogram(
-        y=samples, sr=sr, n_fft=n_fft, hop_length=hop, win_length=n_fft, window=window, center=True,
-        pad_mode="constant", power=2.0, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=False, norm="slaney")
-    return (10.0 * np.log10(np.maximum(mel, log_floor))).T.astype(np.float32)
+    # centred frames (librosa center=True, zero padding) computed block by block on the padded
+    # signal with center=False: the same numbers, with memory bounded by one block of frames
+    # instead of the whole track's complex spectrogram (~200 MB for 20 minutes)
+    n_frames = 1 + samples.size // hop
+    half = n_fft // 2
+    padded = np.concatenate([np.zeros(half, np.float32), samples, np.zeros(half + n_fft, np.float32)])
+    basis = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=False, norm="slaney")
+    out = np.empty((n_frames, n_mels), np.float32)
+    for a in range(0, n_frames, MEL_BLOCK_FRAMES):
+        b = min(a + MEL_BLOCK_FRAMES, n_frames)
+        seg = padded[a * hop: (b - 1) * hop + n_fft]
+        spec = np.abs(librosa.stft(seg, n_fft=n_fft, hop_length=hop, win_length=n_fft, window=window,
+                                   center=False)) ** 2
+        mel = basis @ spec
+        out[a:b] = (10.0 * np.log10(np.maximum(mel, log_floor))).T
+    return out
 
 
 def deltas(feats: np.ndarray, window: int = DELTA_WINDOW) -> np.ndarray:
