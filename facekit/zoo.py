@@ -170,7 +170,8 @@ for _name, _file, _prefix, _desc in (
         files=(ModelFile(filename=_file, sha256=_prefix, size=0, url=_VGGISH_RELEASE + _file),),
         description=_desc,
         licence_code="Apache-2.0 (tensorflow/models audioset/vggish; torchvggish port)",
-        licence_weights="Apache-2.0 (Google's released VGGish checkpoint and PCA parameters)",
+        licence_weights="Google's VGGish checkpoint/PCA release (tensorflow/models, Apache-2.0 repository; "
+                        "no separate weights licence stated); converted by torchvggish",
         citation="Hershey et al. CNN Architectures for Large-Scale Audio Classification. ICASSP 2017.",
         input="16 kHz mono audio -> 96x64 log-mel examples (facekit.audio.vggish preprocessing)",
         embedded=False,

@@ -187,6 +187,20 @@ def test_pca_postprocessing_equals_torchvggish(pca_file, tmp_path):
     inside = np.abs(u) < 2  # truncation vs rounding: a real difference inside the clip range
     assert 0.3 < float((ours != theirs)[inside].mean()) < 0.7
     assert np.all((theirs - ours)[~near_half] >= 0) and np.all((theirs - ours)[~near_half] <= 1)
+    # a file pickled by numpy 1.x (as the 2019 release was) names numpy.core.multiarray: also allowed
+    import zipfile
+
+    with zipfile.ZipFile(pca_file) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    pkl = next(n for n in members if n.endswith("data.pkl"))
+    members[pkl] = members[pkl].replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    assert b"cnumpy.core.multiarray\n" in members[pkl]
+    old = tmp_path / "pca-numpy1.pth"
+    with zipfile.ZipFile(old, "w") as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+    m1, mu1 = V.load_pca(old)
+    assert np.array_equal(m1, m) and np.array_equal(mu1, mu)
     # the TF release's .npz loads the same
     npz = tmp_path / "vggish_pca_params.npz"
     np.savez(npz, pca_eigen_vectors=m, pca_means=mu)
