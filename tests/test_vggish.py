@@ -117,6 +117,11 @@ def test_example_times_and_short_audio():
         k = V.n_examples(V.pad_length(n, h), h)
         assert (k - 1) * h * 160 + 15600 >= n  # the last example ends at or after the last sample
         assert k == 1 or (k - 2) * h * 160 + 15600 < n  # and is needed
+    # overlapping examples share one log-mel array (memory = the track's log-mel, not K copies)
+    v = V.examples_view(np.random.default_rng(0).normal(0, 0.1, 48000).astype(np.float32), 4)
+    assert v.shape == (51, 96, 64) and np.shares_memory(v[0], v[1]) and not v.flags.writeable
+    np.testing.assert_array_equal(v, V.waveform_to_examples(np.random.default_rng(0).normal(0, 0.1, 48000)
+                                                            .astype(np.float32), 4))
     with pytest.raises(ValueError):
         V.hop_frames_of(0.015)
     assert V.hop_frames_of(0.04) == 4 and V.hop_frames_of(0.96) == 96

@@ -54,7 +54,7 @@ EXAMPLE_CENTRE_SEC = EXAMPLE_SAMPLES / 2 / VGGISH_SR  # 0.4875 s from an example
 EMBED_DIM = 128
 QUANT_MIN, QUANT_MAX = -2.0, 2.0  # post-processing clip range before 8-bit quantisation
 DEFAULT_HOP_SEC = EXAMPLE_SEC
-DEFAULT_BATCH = 32  # examples per forward pass
+LOGMEL_CHUNK = 4096  # log-mel frames computed at once (~41 s of audio; bounds the float64 temporaries)
 
 #: torchvggish state-dict names -> ours (the TensorFlow reference's scope names).
 TORCHVGGISH_NAMES = {
@@ -108,16 +108,21 @@ def _frames(x: np.ndarray, length: int, hop: int) -> np.ndarray:
                                            strides=(x.strides[0] * hop,) + x.strides, writeable=False)
 
 
-def log_mel(samples: np.ndarray) -> np.ndarray:
-    """VGGish log-mel spectrogram [T, 64] float64 of 16 kHz mono ``samples`` [S].
+def log_mel(samples: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """VGGish log-mel spectrogram [T, 64] (float64, or ``dtype``) of 16 kHz mono ``samples`` [S].
 
     ``T = 1 + (S - 400) // 160`` (0 when S < 400); frame ``j`` covers samples [160 j, 160 j + 400).
+    Computed in float64 over chunks of frames (bounded memory for long tracks), then cast.
     """
     x = np.ascontiguousarray(samples)
     if x.ndim != 1:
         raise ValueError(f"expected mono samples [S], got shape {x.shape}")
-    spec = np.abs(np.fft.rfft(_frames(x, STFT_WIN, STFT_HOP) * _WINDOW, N_FFT))
-    return np.log(spec @ _MEL + LOG_OFFSET)
+    frames = _frames(x, STFT_WIN, STFT_HOP)
+    out = np.empty((len(frames), N_MELS), dtype)
+    for a in range(0, len(frames), LOGMEL_CHUNK):
+        spec = np.abs(np.fft.rfft(frames[a:a + LOGMEL_CHUNK] * _WINDOW, N_FFT))
+        out[a:a + LOGMEL_CHUNK] = np.log(spec @ _MEL + LOG_OFFSET)
+    return out
 
 
 def n_examples(n_samples: int, hop_frames: int) -> int:
@@ -135,9 +140,10 @@ def pad_length(n_samples: int, hop_frames: int) -> int:
     return max(n_samples, (k - 1) * step + EXAMPLE_SAMPLES)
 
 
-def waveform_to_examples(samples: np.ndarray, hop_frames: int = EXAMPLE_FRAMES, pad: bool = False) -> np.ndarray:
-    """Examples [K, 96, 64] float32 (log-mel patches) of 16 kHz mono ``samples``.
+def examples_view(samples: np.ndarray, hop_frames: int = EXAMPLE_FRAMES, pad: bool = False) -> np.ndarray:
+    """Examples [K, 96, 64] float32 as a read-only strided view of one float32 log-mel array.
 
+    Overlapping examples (small hops) share memory: a track costs its log-mel, not K copies.
     Example ``k`` is log-mel frames ``[k * hop_frames, k * hop_frames + 96)``; incomplete ones are
     dropped unless ``pad`` (zeros appended; see the module docstring).
     """
@@ -148,8 +154,14 @@ def waveform_to_examples(samples: np.ndarray, hop_frames: int = EXAMPLE_FRAMES, 
     if k == 0:
         return np.zeros((0, EXAMPLE_FRAMES, N_MELS), np.float32)
     # only the samples the examples use
-    lm = log_mel(x[:(k - 1) * hop_frames * STFT_HOP + EXAMPLE_SAMPLES])
-    return np.ascontiguousarray(_frames(lm, EXAMPLE_FRAMES, hop_frames), dtype=np.float32)
+    lm = log_mel(x[:(k - 1) * hop_frames * STFT_HOP + EXAMPLE_SAMPLES], np.float32)
+    return _frames(lm, EXAMPLE_FRAMES, hop_frames)
+
+
+def waveform_to_examples(samples: np.ndarray, hop_frames: int = EXAMPLE_FRAMES, pad: bool = False) -> np.ndarray:
+    """Examples [K, 96, 64] float32 (log-mel patches, a contiguous copy) of 16 kHz mono ``samples``;
+    the reference's ``vggish_input.waveform_to_examples`` for 16 kHz input and ``hop_frames`` 96."""
+    return np.array(examples_view(samples, hop_frames, pad), np.float32)  # a writable copy
 
 
 def example_times(k: int, hop_sec: float, start_sec: float = 0.0) -> np.ndarray:
@@ -345,20 +357,21 @@ class VGGishStage(stages.Stage):
         return a
 
     def embed(self, examples: np.ndarray) -> np.ndarray:
-        """[K, 96, 64] log-mel examples -> [K, 128] float32 (post-processed when configured)."""
+        """[K, 96, 64] log-mel examples (any array or view) -> [K, 128] float32 (post-processed when
+        configured), ``vggish_batch_size`` examples per forward pass."""
         torch = _torch()
         out = np.zeros((len(examples), EMBED_DIM), np.float32)
         bs = self.config.vggish_batch_size
         with torch.inference_mode():
             for a in range(0, len(examples), bs):
-                x = torch.from_numpy(examples[a:a + bs]).to(self.device)
+                x = torch.from_numpy(np.array(examples[a:a + bs], np.float32)).to(self.device)  # a copy
                 out[a:a + bs] = self.net(x).float().cpu().numpy()
         if self.pca_params is not None:
             out = postprocess(out, *self.pca_params)
         return out
 
     def on_audio(self, samples, start_sec: float, writer) -> None:
-        ex = waveform_to_examples(np.asarray(samples, np.float32), self.hop_frames, self.config.vggish_pad)
+        ex = examples_view(np.asarray(samples, np.float32), self.hop_frames, self.config.vggish_pad)
         self._write(writer, self.embed(ex), example_times(len(ex), self.hop_frames * FRAME_SEC, start_sec), "ok")
 
     def on_no_audio(self, writer) -> None:
