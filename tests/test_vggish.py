@@ -111,6 +111,11 @@ def test_example_times_and_short_audio():
     assert V.n_examples(15599, 96) == 0 and V.n_examples(15600, 96) == 1
     assert V.waveform_to_examples(np.zeros(15599, np.float32)).shape == (0, 96, 64)
     assert V.waveform_to_examples(np.zeros(0, np.float32)).shape == (0, 96, 64)
+    # without pad, less than one hop at the end is in no example
+    for n in range(15600, 15600 + 3 * 15360, 997):
+        for h in (4, 96):
+            k = V.n_examples(n, h)
+            assert 0 <= n - ((k - 1) * h * 160 + 15600) < h * 160
     # pad: silence appended so the last example reaches the last sample
     assert len(V.waveform_to_examples(np.ones(100, np.float32), pad=True)) == 1
     for n, h in [(15601, 96), (48000, 96), (48000, 4), (15600, 96)]:
@@ -238,6 +243,10 @@ def test_stage_end_to_end(wav3, weights_file, pca_file, tmp_path):
         assert a.attrs["hop_sec"] == pytest.approx(0.96) and a.attrs["n_mels"] == 64
         assert a.attrs["postprocess"] is False and a.attrs["audio_status"] == "ok"
         assert a.attrs["embedding"] == "pre-activation fc2"
+    from facekit.verify import verify
+
+    rep = verify(out)
+    assert rep["ok"] and not rep["problems"], rep
 
     # another hop (0.2 s; 0.04 s for 25 fps video works the same), padding, post-processing, small batches
     out2 = tmp_path / "v2.h5"
@@ -334,3 +343,18 @@ def test_video_without_audio_and_short_audio(weights_file, tmp_path):
         assert a.data.shape == (0, 128) and a.t.shape == (0,) and a.attrs["audio_status"] == "no audio"
         b = st.videos["short.wav"].audio["vggish"]  # 0.5 s < 0.975 s: no complete example
         assert b.data.shape == (0, 128) and b.attrs["audio_status"] == "ok"
+
+
+def test_device(weights_file):
+    """The stage runs on --device cuda when PyTorch has a GPU (same embeddings), else refuses clearly."""
+    from facekit.config import Config
+
+    w = {"vggish": str(weights_file)}
+    if not torch.cuda.is_available():
+        with pytest.raises(stages.StageError, match="CUDA is not available"):
+            V.VGGishStage(Config(device="cuda", weights=w))
+        return
+    ex = V.waveform_to_examples(np.random.default_rng(0).normal(0, 0.1, 48000).astype(np.float32))
+    cpu = V.VGGishStage(Config(weights=w)).embed(ex)
+    gpu = V.VGGishStage(Config(device="cuda:0", weights=w)).embed(ex)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-3 * np.abs(cpu).max())

@@ -12,8 +12,8 @@ covers samples ``[160 j, 160 j + 400)``); periodic Hann window; magnitude of a 5
 audio) starting every ``hop`` frames: example ``k`` is frames ``[k h, k h + 96)``, i.e. samples
 ``[160 k h, 160 k h + 15600)``, centred at ``t_k = start_sec + k * hop_sec + 0.4875`` seconds.
 With the default hop of 0.96 s this is exactly the reference's framing. Incomplete examples at the
-end are dropped (as the reference does): audio shorter than 0.975 s gives no example, and up to
-``hop`` + 15 ms of the tail is not covered. With ``pad`` the waveform is zero-padded at the end
+end are dropped (as the reference does): audio shorter than 0.975 s gives no example, and less
+than one ``hop`` of the tail is in no example. With ``pad`` the waveform is zero-padded at the end
 so that the last example reaches past the last sample (silence is ``log(0.01)`` after the mel step).
 
 Network (``vggish_slim.py``): conv3x3 64 - pool - 128 - pool - 256, 256 - pool - 512, 512 - pool
