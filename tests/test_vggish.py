@@ -130,6 +130,9 @@ def test_example_times_and_short_audio():
     with pytest.raises(ValueError):
         V.hop_frames_of(0.015)
     assert V.hop_frames_of(0.04) == 4 and V.hop_frames_of(0.96) == 96
+    from facekit.config import Config
+
+    assert Config().vggish_hop == V.EXAMPLE_SEC  # the default is the reference's hop
 
 
 # ----------------------------------------------------------------------------- (2) network

@@ -53,7 +53,6 @@ EXAMPLE_SAMPLES = (EXAMPLE_FRAMES - 1) * STFT_HOP + STFT_WIN  # 15600 samples = 
 EXAMPLE_CENTRE_SEC = EXAMPLE_SAMPLES / 2 / VGGISH_SR  # 0.4875 s from an example's first sample
 EMBED_DIM = 128
 QUANT_MIN, QUANT_MAX = -2.0, 2.0  # post-processing clip range before 8-bit quantisation
-DEFAULT_HOP_SEC = EXAMPLE_SEC
 LOGMEL_CHUNK = 4096  # log-mel frames computed at once (~41 s of audio; bounds the float64 temporaries)
 
 #: torchvggish state-dict names -> ours (the TensorFlow reference's scope names).
