@@ -104,6 +104,16 @@ def run_options(f):
                      help="log-Mel: append deltas (1) or deltas + delta-deltas (2): D = n_mels * (1 + N)."),
         click.option("--mel-delta-window", type=click.IntRange(min=1), default=_D.mel_delta_window,
                      show_default=True, help="log-Mel: frames each side of the delta regression (HTK/Kaldi: 2)."),
+        click.option("--vggish-hop", type=click.FloatRange(min=0, min_open=True), default=_D.vggish_hop,
+                     show_default=True, metavar="SECONDS",
+                     help="VGGish: seconds between 0.96 s examples, a multiple of 0.01 "
+                          "(e.g. --vggish-hop 0.04 for one example per 25 fps video frame)."),
+        click.option("--vggish-pad", is_flag=True,
+                     help="VGGish: zero-pad the end so the tail (and audio < 0.975 s) gets an example."),
+        click.option("--vggish-postprocess", is_flag=True,
+                     help="VGGish: AudioSet PCA + 8-bit quantisation (values 0..255; needs model vggish-pca)."),
+        click.option("--vggish-batch-size", type=click.IntRange(min=1), default=_D.vggish_batch_size,
+                     show_default=True, help="VGGish: examples per forward pass."),
         click.option("--weights", "weights", multiple=True, callback=_weights, metavar="NAME=PATH",
                      help="Use a local weight file for model NAME in this run (repeatable)."),
         click.option("--device", default="cpu", show_default=True, help="cpu (GPU support comes later)."),
@@ -233,6 +243,7 @@ _stage_command("crop", "Aligned face crops into the store (faces/crop) and/or as
 _stage_command("audio", "Compute audio features (log-Mel) of every input.", """
       facekit audio videos/ -o audio.h5
       facekit audio speech.wav -o audio.h5 --mel-n-mels 64 --mel-hop 320
+      facekit audio videos/ -o audio.h5 --stages vggish --vggish-hop 0.04   # VGGish every 40 ms
 """)
 
 

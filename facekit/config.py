@@ -64,6 +64,11 @@ class Config:
     mel_log_floor: float = 1e-10  # power floor before 10*log10 (dB)
     mel_deltas: int = 0  # append deltas (1) or deltas and delta-deltas (2) to each mel row
     mel_delta_window: int = 2  # frames each side of the delta regression (HTK/Kaldi default)
+    # VGGish
+    vggish_hop: float = 0.96  # seconds between examples (a multiple of 0.01; 0.96 = the reference)
+    vggish_pad: bool = False  # zero-pad the tail so the last example reaches the last sample
+    vggish_postprocess: bool = False  # PCA + 8-bit quantisation (values 0..255 as float32)
+    vggish_batch_size: int = 32  # examples per forward pass
     # models and run control
     weights: dict = field(default_factory=dict)  # model name -> local file
     device: str = "cpu"

@@ -42,6 +42,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "pose": ("frames/t", "frames/index", "faces/pose"),
     "crop": ("frames/t", "frames/index", "faces/crop"),
     "mel": ("audio/mel/data", "audio/mel/t"),
+    "vggish": ("audio/vggish/data", "audio/vggish/t"),
 }
 ROW_SHAPES = {"box": (4,), "score": (), "kps5": (5, 2), "affine": (2, 3), "pose": (3,), "frame": (),
               "track": ()}

@@ -153,6 +153,32 @@ for _name, (_file, _prefix) in _FAN_FILES.items():
 
 
 
+# VGGish (AudioSet embeddings): the TensorFlow checkpoint converted to a PyTorch state dict by
+# torchvggish (harritaylor), from its v0.1 GitHub release; the 8 hex digits in each file name are
+# the sha256 prefix (torch.hub naming). facekit.audio.vggish runs them with its own network.
+_VGGISH_RELEASE = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
+for _name, _file, _prefix, _desc in (
+        ("vggish", "vggish-10086976.pth", "10086976",
+         "VGGish audio embedding network (AudioSet; 0.96 s log-mel patches -> 128-D)"),
+        ("vggish-pca", "vggish_pca_params-970ea276.pth", "970ea276",
+         "VGGish PCA/whitening parameters for the AudioSet-compatible 8-bit post-processing"),
+):
+    register(Model(
+        name=_name,
+        task="audio",
+        runtime="torch",
+        files=(ModelFile(filename=_file, sha256=_prefix, size=0, url=_VGGISH_RELEASE + _file),),
+        description=_desc,
+        licence_code="Apache-2.0 (tensorflow/models audioset/vggish; torchvggish port)",
+        licence_weights="Google's VGGish checkpoint/PCA release (tensorflow/models, Apache-2.0 repository; "
+                        "no separate weights licence stated); converted by torchvggish",
+        citation="Hershey et al. CNN Architectures for Large-Scale Audio Classification. ICASSP 2017.",
+        input="16 kHz mono audio -> 96x64 log-mel examples (facekit.audio.vggish preprocessing)",
+        embedded=False,
+        extra={"sha256_is_prefix": True},
+    ))
+
+
 def get(name: str) -> Model:
     try:
         return REGISTRY[name]
