@@ -62,6 +62,10 @@ class Config:
     mel_fmin: float = 0.0  # Hz
     mel_fmax: float = 8000.0  # Hz
     mel_log_floor: float = 1e-10  # power floor before 10*log10 (dB)
+    # Whisper encoder features (stage whisper)
+    whisper_model: str = "whisper-base"  # registry name (whisper-tiny.en ... whisper-large-v3-turbo) or alias
+    whisper_layer: str = "last"  # hidden state: last, an index (0 = conv stem, k = block k, -1 = last) or a comma list (mean)
+    whisper_batch_size: int = 4  # 30 s windows per encoder call
     # models and run control
     weights: dict = field(default_factory=dict)  # model name -> local file
     device: str = "cpu"
