@@ -324,4 +324,19 @@ def test_random_model_any_size_signature(tmp_path):
     with torch.no_grad():
         ours = fw.hidden_states(enc, mel, [2]).numpy()
         ref = m.encoder(mel).numpy()
+        # the CUDA path's dtypes (float32 weights, float16 input: openai-whisper's fp16 path), here on CPU
+        half = fw.hidden_states(enc, mel.half(), [0, 2])
     assert np.abs(ours - ref).max() <= 1e-5
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    with torch.no_grad():
+        full = fw.hidden_states(enc, mel, [0, 2])
+    assert (half - full).abs().max() <= 0.05 * full.abs().max()
+
+
+def test_device_errors():
+    if not torch.cuda.is_available():
+        with pytest.raises(stages.StageError, match="CUDA is not available"):
+            fw._device("cuda:0")
+    with pytest.raises(stages.StageError, match="unsupported --device"):
+        fw._device("tpu")
+    assert fw._device("cpu").type == "cpu"

@@ -122,13 +122,17 @@ def _device(spec: str):
         if not torch.cuda.is_available():
             raise stages.StageError(f"whisper: --device {spec}: CUDA is not available to this PyTorch")
         try:
-            return torch.device(first)
+            dev = torch.device(first)
         except RuntimeError as e:
             raise stages.StageError(f"whisper: bad --device {spec!r} ({e})") from None
+        if dev.type != "cuda" or (dev.index or 0) >= torch.cuda.device_count():
+            raise stages.StageError(f"whisper: --device {spec}: no such CUDA device "
+                                    f"({torch.cuda.device_count()} visible)")
+        return dev
     raise stages.StageError(f"whisper: unsupported --device {spec!r} (cpu or cuda[:N])")
 
 
-def load_encoder(path, device=None, half: bool = False):
+def load_encoder(path, device=None):
     """Load an openai-whisper checkpoint's encoder: (whisper.model.AudioEncoder in eval mode, dims dict).
 
     The file must be loadable with ``torch.load(weights_only=True)`` and hold ``dims`` and
@@ -164,8 +168,6 @@ def load_encoder(path, device=None, half: bool = False):
                                 f"({str(e).splitlines()[0]})") from None
     del ckpt, sd
     enc.eval().requires_grad_(False)
-    if half:
-        enc.half()
     if device is not None:
         enc.to(device)
     return enc, dims
@@ -232,7 +234,9 @@ class WhisperStage(stages.Stage):
         if self.model_name not in weights and c.whisper_model in weights:  # --weights turbo=PATH
             weights[self.model_name] = weights[c.whisper_model]
         self.resolved = zoo.resolve(self.model_name, weights)  # ModelNotFoundError: says what to do
-        self.encoder, self.dims = load_encoder(self.resolved.path, self.device, self.half)
+        # float32 weights; on CUDA the input is float16 and whisper's Conv1d/Linear cast their weights
+        # to it (LayerNorm computes in float32): openai-whisper's own fp16 path
+        self.encoder, self.dims = load_encoder(self.resolved.path, self.device)
         self.n_layers = self.dims.n_audio_layer
         self.layers = parse_layers(c.whisper_layer, self.n_layers)
         self._torch = torch
