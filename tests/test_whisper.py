@@ -258,6 +258,21 @@ def test_video_without_audio(ckpts, clips, tmp_path):
         assert w.data.shape == (0, 384) and w.t.shape == (0,) and w.attrs["audio_status"] == "no audio"
 
 
+def test_resume_and_params(ckpts, clips, tmp_path):
+    """Same options: the finished video is skipped; another layer: recomputed, and the store says which."""
+    out, w = tmp_path / "w.h5", {"whisper-tiny.en": str(ckpts("tiny.en"))}
+    run = dict(progress=False, stages="whisper", whisper_model="tiny.en", weights=w)
+    assert len(facekit.extract([str(clips["face"])], out, **run).processed) == 1
+    s = facekit.extract([str(clips["face"])], out, **run, whisper_layer="-1")  # = last: same params
+    assert len(s.skipped) == 1 and not s.processed
+    s = facekit.extract([str(clips["face"])], out, **run, whisper_layer="1")
+    assert len(s.processed) == 1
+    with facekit.open(out) as st:
+        v = st.videos["face.mp4"]
+        assert list(v.audio["whisper"].attrs["layers"]) == [1]
+        assert v.attrs["stage_params"]["whisper"]["layers"] == [1]
+
+
 def test_offline_without_weights_says_what_to_do(clips, tmp_path):
     with pytest.raises(zoo.ModelNotFoundError) as e:
         facekit.extract([str(clips["face"])], tmp_path / "w.h5", progress=False, stages="whisper",
@@ -305,6 +320,10 @@ def test_bad_checkpoints_are_refused(tmp_path):
     torch.save({"dims": dims, "model_state_dict": {"encoder.conv1.weight": torch.zeros(3, 3, 3)}}, wrong)
     with pytest.raises(stages.StageError, match="do not fit"):
         fw.load_encoder(wrong)
+    short = tmp_path / "short.pt"
+    torch.save({"dims": {**dims, "n_audio_ctx": 750}, "model_state_dict": {}}, short)
+    with pytest.raises(stages.StageError, match="n_audio_ctx=750"):
+        fw.load_encoder(short)
 
 
 def test_random_model_any_size_signature(tmp_path):

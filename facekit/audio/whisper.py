@@ -157,6 +157,10 @@ def load_encoder(path, device=None):
         dims = ModelDimensions(**ckpt["dims"])
     except TypeError as e:
         raise stages.StageError(f"whisper: {path}: bad 'dims' ({e})") from None
+    if dims.n_audio_ctx != WINDOW_FRAMES or dims.n_mels not in (80, 128):
+        raise stages.StageError(f"whisper: {path}: n_audio_ctx={dims.n_audio_ctx}, n_mels={dims.n_mels}; "
+                                f"facekit runs encoders of 30 s windows ({WINDOW_FRAMES} frames) on 80 or 128 "
+                                f"mel bands, as every openai-whisper checkpoint")
     enc = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
     sd = {k[len("encoder."):]: v for k, v in ckpt["model_state_dict"].items() if k.startswith("encoder.")}
     if "positional_embedding" not in sd:  # a buffer: older exports may leave it out; it is fixed sinusoids
@@ -222,7 +226,7 @@ class WhisperStage(stages.Stage):
             raise stages.StageError(f"whisper: --whisper-batch-size must be >= 1, not {c.whisper_batch_size}")
         self.batch = int(c.whisper_batch_size)
         try:
-            import torch
+            import torch  # noqa: F401
             import whisper.audio  # noqa: F401  (openai-whisper: the reference log-Mel and model code)
         except ImportError as e:
             raise stages.StageError(f"whisper: openai-whisper is not installed ({e}); run "
@@ -239,7 +243,6 @@ class WhisperStage(stages.Stage):
         self.encoder, self.dims = load_encoder(self.resolved.path, self.device)
         self.n_layers = self.dims.n_audio_layer
         self.layers = parse_layers(c.whisper_layer, self.n_layers)
-        self._torch = torch
 
     @property
     def params(self) -> dict:
