@@ -13,7 +13,10 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test,docs,fan,ray]'
+	$(PY) -m pip install -q -e '.[test,docs,fan,ray,whisper,whisper-test]'
+	# openai-whisper without its dependencies: it requires triton (hundreds of MB, used only by its
+	# GPU word-timestamp kernels); the encoder, log-Mel and decoder need only the [whisper] extra
+	$(PY) -m pip install -q --no-deps 'openai-whisper>=20240930'
 	# face-alignment without its dependencies: it requires opencv-python, which would replace the
 	# headless OpenCV (and needs libGL); everything else it needs is installed above
 	$(PY) -m pip install -q --no-deps 'face-alignment>=1.4'

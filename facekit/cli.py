@@ -114,6 +114,14 @@ def run_options(f):
                      help="VGGish: AudioSet PCA + 8-bit quantisation (values 0..255; needs model vggish-pca)."),
         click.option("--vggish-batch-size", type=click.IntRange(min=1), default=_D.vggish_batch_size,
                      show_default=True, help="VGGish: examples per forward pass."),
+        click.option("--whisper-model", default=_D.whisper_model, show_default=True, metavar="NAME",
+                     help="Whisper checkpoint (stage whisper): whisper-tiny[.en], -base[.en], -small[.en], "
+                          "-medium[.en], -large-v1/-v2/-v3, -large-v3-turbo (or turbo)."),
+        click.option("--whisper-layer", default=_D.whisper_layer, show_default=True, metavar="LAYER",
+                     help="Whisper hidden state: last, an index (0 = conv stem, k = block k, -1 = last, "
+                          "after the final LayerNorm) or a comma list averaged, e.g. 4,5,-1."),
+        click.option("--whisper-batch-size", type=click.IntRange(min=1), default=_D.whisper_batch_size,
+                     show_default=True, help="Whisper: 30 s windows per encoder call."),
         click.option("--weights", "weights", multiple=True, callback=_weights, metavar="NAME=PATH",
                      help="Use a local weight file for model NAME in this run (repeatable)."),
         click.option("--device", default="cpu", show_default=True, help="cpu (GPU support comes later)."),
@@ -240,10 +248,11 @@ _stage_command("crop", "Aligned face crops into the store (faces/crop) and/or as
       facekit crop videos/ -o feats.h5 --images crops/ --no-store-crops --format png
       facekit crop videos/ -o feats.h5 --align-template ffhq --crop-margin 0.1
 """)
-_stage_command("audio", "Compute audio features (log-Mel) of every input.", """
+_stage_command("audio", "Compute audio features (log-Mel; Whisper encoder with --stages whisper) of every input.", """
       facekit audio videos/ -o audio.h5
       facekit audio speech.wav -o audio.h5 --mel-n-mels 64 --mel-hop 320
       facekit audio videos/ -o audio.h5 --stages vggish --vggish-hop 0.04   # VGGish every 40 ms
+      facekit audio videos/ -o audio.h5 --stages mel,whisper --whisper-model whisper-small
 """)
 
 

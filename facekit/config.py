@@ -69,6 +69,10 @@ class Config:
     vggish_pad: bool = False  # zero-pad the tail so the last example reaches the last sample
     vggish_postprocess: bool = False  # PCA + 8-bit quantisation (values 0..255 as float32)
     vggish_batch_size: int = 32  # examples per forward pass
+    # Whisper encoder features (stage whisper)
+    whisper_model: str = "whisper-base"  # registry name (whisper-tiny.en ... whisper-large-v3-turbo) or alias
+    whisper_layer: str = "last"  # hidden state: last, an index (0 = conv stem, k = block k, -1 = last) or a comma list (mean)
+    whisper_batch_size: int = 4  # 30 s windows per encoder call
     # models and run control
     weights: dict = field(default_factory=dict)  # model name -> local file
     device: str = "cpu"

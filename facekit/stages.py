@@ -74,6 +74,7 @@ def load_builtin() -> None:
     from .face import crop, detect, landmarks, pose, tracking  # noqa: F401  (register their stages)
     from .audio import mel  # noqa: F401  (registers "mel")
     from .audio import vggish  # noqa: F401  (registers "vggish")
+    from .audio import whisper  # noqa: F401  (registers "whisper")
 
 
 def available() -> list[str]:

@@ -152,6 +152,44 @@ for _name, (_file, _prefix) in _FAN_FILES.items():
     ))
 
 
+# OpenAI Whisper checkpoints (openai-whisper's whisper._MODELS): the sha256 is the folder of the URL.
+# facekit.audio.whisper runs their encoder with openai-whisper's model code.
+_WHISPER = {
+    "tiny.en": "d3dd57d32accea0b295c96e26691aa14d8822fac7d9d27d5dc00b4ca2826dd03",
+    "tiny": "65147644a518d12f04e32d6f3b26facc3f8dd46e5390956a9424a650c0ce22b9",
+    "base.en": "25a8566e1d0c1e2231d1c762132cd20e0f96a85d16145c3a00adf5d1ac670ead",
+    "base": "ed3a0b6b1c0edf879ad9b11b1af5a0e6ab5db9205f891f668f8b0e6c6326e34e",
+    "small.en": "f953ad0fd29cacd07d5a9eda5624af0f6bcf2258be67c92b79389873d91e0872",
+    "small": "9ecf779972d90ba49c06d968637d720dd632c55bbf19d441fb42bf17a411e794",
+    "medium.en": "d7440d1dc186f76616474e0ff0b3b6b879abc9d1a4926b7adfa41db2d497ab4f",
+    "medium": "345ae4da62f9b3d59415adc60127b97c714f32e89e936602e85993674d08dcb1",
+    "large-v1": "e4b87e7e0bf463eb8e6956e646f1e277e901512310def2c24bf0e11bd3c28e9a",
+    "large-v2": "81f7c96c852ee8fc832187b0132e569d6c3065a3252ed18e56effd0b6a73e524",
+    "large-v3": "e5b1a55b89c1367dacf97e3e19bfd829a01529dbfdeefa8caeb59b3f1b81dadb",
+    "large-v3-turbo": "aff26ae408abcba5fbf8813c21e62b0941638c5f6eebfb145be0c9839262a19a",
+}
+_WHISPER_PARAMS = {"tiny": "39 M", "base": "74 M", "small": "244 M", "medium": "769 M", "large": "1550 M",
+                   "large-v3-turbo": "809 M"}
+for _size, _sha in _WHISPER.items():
+    _family = _size if _size == "large-v3-turbo" else _size.split(".")[0].split("-")[0]
+    register(Model(
+        name=f"whisper-{_size}",
+        task="audio",
+        runtime="torch",
+        files=(ModelFile(filename=f"{_size}.pt", sha256=_sha, size=0,
+                         url=f"https://openaipublic.azureedge.net/main/whisper/models/{_sha}/{_size}.pt"),),
+        description=f"OpenAI Whisper {_size} ({_WHISPER_PARAMS[_family]} parameters"
+                    f"{', English-only' if _size.endswith('.en') else ', multilingual'}): encoder hidden states",
+        licence_code="MIT (openai/whisper)",
+        licence_weights="MIT (openai/whisper model card)",
+        citation="Radford, Kim, Xu, Brockman, McLeavey, Sutskever. Robust Speech Recognition via Large-Scale "
+                 "Weak Supervision. ICML 2023.",
+        input=f"16 kHz mono audio in 30 s windows -> whisper log-Mel ({128 if _size.startswith('large-v3') else 80} bands)",
+        embedded=False,
+        extra={"whisper_name": _size},
+    ))
+
+
 
 # VGGish (AudioSet embeddings): the TensorFlow checkpoint converted to a PyTorch state dict by
 # torchvggish (harritaylor), from its v0.1 GitHub release; the 8 hex digits in each file name are

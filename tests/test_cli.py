@@ -94,8 +94,12 @@ def test_failures_exit_1_with_one_line_each(clips, bad_files, tmp_path):
 
 def test_cannot_start_exits_2(clips, tmp_path):
     r = CliRunner().invoke(main, ["extract", str(clips["face"]), "-o", str(tmp_path / "x.h5"),
+                                  "--stages", "nosuchstage"])
+    assert r.exit_code == 2 and "unknown stage 'nosuchstage'" in r.output
+    # a stage whose model must be downloaded, offline (the tests' FACEKIT_OFFLINE=1)
+    r = CliRunner().invoke(main, ["extract", str(clips["face"]), "-o", str(tmp_path / "x.h5"),
                                   "--stages", "whisper"])
-    assert r.exit_code == 2 and "not available" in r.output
+    assert r.exit_code == 2 and "model whisper-base: weight file base.pt not found" in r.output
     r = CliRunner().invoke(main, ["extract", str(clips["face"]), "-o", str(tmp_path / "x.h5"),
                                   "--weights", "yunet=/nonexistent.onnx"])
     assert r.exit_code == 2 and "does not exist" in r.output
