@@ -147,6 +147,8 @@ def test_parse_stage_store_layout_and_resume(clips, tmp_path):
         eyes = align.transform_points(align.invert_affine(f.affine.astype(np.float64)), f.kps5[:, :2].astype(np.float64))
         lab = [f.parsing[i, int(round(p[1])), int(round(p[0]))] for i in range(len(f)) for p in eyes[i]]
         assert np.mean(np.isin(lab, [L["right_eye"], L["left_eye"]])) > 0.9
+    res = CliRunner().invoke(main, ["verify", str(out)])
+    assert res.exit_code == 0 and "unknown" not in res.output, res.output
     # same command: skipped; another crop size: recomputed (params include the crop)
     assert len(facekit.extract([str(clips["face2"])], out, stages="parse", progress=False).skipped) == 1
     s = facekit.extract([str(clips["face2"])], out, stages="parse", progress=False, crop_size=96)

@@ -37,7 +37,7 @@ import numpy as np
 from .. import zoo
 
 SIZE = 448  # pixels, the models' input side
-MAX_BATCH = 8  # faces per forward pass (a 448 x 448 ViT pass each)
+MAX_BATCH = 8  # faces per forward pass (448 x 448 inputs)
 #: pyfacer's standard five points on a 512 canvas, normalised to [-1, 1] (transform._standard_face_pts)
 STANDARD_FACE_PTS = ((196.0, 226.0), (316.0, 226.0), (256.0, 286.0), (220.0, 360.4), (292.0, 360.4))
 #: pyfacer pretrain_settings: alignment kind, tanh warp factor, its label names, facekit's label names

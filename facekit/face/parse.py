@@ -66,6 +66,7 @@ BROW_TAPER = (1.0, 1.0, 0.9, 0.75, 0.55)  # thickness factors from the inner end
 NOSE_HALF_WIDTH = (0.10, 0.11, 0.13)  # iod, half widths of the bridge at points 27, 28, 29
 FOREHEAD_ARC_POINTS = 24  # polygon vertices of the forehead half ellipse
 PARSERS = ("landmarks68", "farl-lapa", "farl-celebm")
+MASK_CHUNK = 16  # masks per HDF5 chunk (gzip-compressed)
 DEFAULT_PARSER = "landmarks68"
 
 #: RGB colours of the preview overlay and of the palette PNGs, by label name
@@ -268,7 +269,7 @@ class ParseStage(stages.Stage):
         s = _crop_params(self.config)["size"]
         self._size = s
         p = self.params
-        writer.create("faces/parsing", (s, s), "u1", compression="gzip", chunk_rows=64, attrs={
+        writer.create("faces/parsing", (s, s), "u1", compression="gzip", chunk_rows=MASK_CHUNK, attrs={
             "labels": self.labels, "model": self.model.name, "weights_sha256": p.get("weights_sha256"),
             "model_labels": getattr(self.model, "model_labels", None),
             "params": p, "frame": "aligned crop (faces/affine maps crop -> image)",
