@@ -20,6 +20,10 @@ $(STAMP): setup.cfg pyproject.toml
 	# face-alignment without its dependencies: it requires opencv-python, which would replace the
 	# headless OpenCV (and needs libGL); everything else it needs is installed above
 	$(PY) -m pip install -q --no-deps 'face-alignment>=1.4'
+	# pyfacer, the reference for the FaRL parser parity test (tests/test_parse.py imports only its
+	# face_parsing modules): without its dependencies (torchvision, timm, matplotlib, opencv-python...,
+	# none of them used by those modules); validators is the one they import that is missing
+	$(PY) -m pip install -q --no-deps 'pyfacer==0.0.5' 'validators>=0.20'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -89,6 +89,12 @@ def run_options(f):
                      help="With --images: write one image file per crop (--no-image-files: only --track-videos)."),
         click.option("--store-crops/--no-store-crops", "crops_in_store", default=True, show_default=True,
                      help="Write faces/crop into the store."),
+        click.option("--parser", default=_D.parser, show_default=True,
+                     help="Face parser (stage parse): landmarks68 (regions from the 68 landmarks, offline), "
+                          "farl-lapa or farl-celebm (FaRL, downloaded on demand; needs torch)."),
+        click.option("--masks", is_flag=True,
+                     help="With --images: also write each face's label mask beside its crop as a palette PNG "
+                          "(<frame>_<face>_mask.png; adds the crop and parse stages)."),
         click.option("--mel-n-mels", type=click.IntRange(min=1), default=_D.mel_n_mels, show_default=True,
                      help="log-Mel: number of mel bands."),
         click.option("--mel-n-fft", type=click.IntRange(min=16), default=_D.mel_n_fft, show_default=True,
@@ -247,6 +253,11 @@ _stage_command("crop", "Aligned face crops into the store (faces/crop) and/or as
       facekit crop videos/ -o feats.h5                             # 112x112 ArcFace crops
       facekit crop videos/ -o feats.h5 --images crops/ --no-store-crops --format png
       facekit crop videos/ -o feats.h5 --align-template ffhq --crop-margin 0.1
+""")
+_stage_command("parse", "Face parsing: a label mask per face in its aligned crop (faces/parsing).", """
+      facekit parse videos/ -o feats.h5                          # landmarks68 regions, offline
+      facekit parse videos/ -o feats.h5 --parser farl-lapa       # FaRL LaPa model (downloaded once)
+      facekit crop videos/ -o feats.h5 --images crops/ --masks   # crops + <frame>_<face>_mask.png
 """)
 _stage_command("audio", "Compute audio features (log-Mel; Whisper encoder with --stages whisper) of every input.", """
       facekit audio videos/ -o audio.h5

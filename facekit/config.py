@@ -17,6 +17,7 @@ DEFAULT_STAGES = {
     "detect": ["detect"],
     "align": ["detect", "track", "landmarks", "align"],
     "crop": ["detect", "track", "landmarks", "align", "crop"],
+    "parse": ["detect", "track", "landmarks", "align", "parse"],
     "audio": ["mel"],
 }
 
@@ -54,6 +55,9 @@ class Config:
     image_format: str = "jpg"  # "jpg" or "png"
     write_images: bool = True  # with `images`: one image file per crop
     track_videos: bool = False  # with `images`: one mp4 of crops per track
+    # face parsing
+    parser: str = "landmarks68"  # "landmarks68" (embedded), "farl-lapa", "farl-celebm" (download)
+    masks: bool = False  # with `images`: also write each face's mask as a palette PNG (adds crop, parse)
     # log-Mel
     mel_n_mels: int = 80
     mel_n_fft: int = 400  # samples (25 ms at 16 kHz)

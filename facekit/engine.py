@@ -496,6 +496,8 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
     names = names.split(",") if isinstance(names, str) else list(names)
     if cfg.max_faces or cfg.primary or cfg.smooth:
         names.append("track")  # face selection and smoothing need tracks
+    if cfg.masks:
+        names += ["crop", "parse"]  # mask PNGs are written beside the crop images
     cfg.stages = stages_mod.resolve(names)
     if cfg.device != "cpu":
         raise stages_mod.StageError(f"--device {cfg.device}: only cpu is supported in this version")

@@ -2,8 +2,9 @@
 sampled frames or as a video (MP4), so a dataset can be checked by looking.
 
 Drawn: face boxes coloured by track (with the track id and score), the 68 landmarks, the five
-key points, head-pose axes (x red, y green, z blue) when ``faces/pose`` is stored, and the frame
-time. Results come from a store (``--from feats.h5``) or are computed on the fly.
+key points, head-pose axes (x red, y green, z blue) when ``faces/pose`` is stored, the parsing
+masks (each label in its colour, ``PARSING_ALPHA`` opaque, background left clear) when
+``faces/parsing`` is stored, and the frame time. Results come from a store (``--from feats.h5``) or are computed on the fly.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ SHEET_FRAMES = 12  # frames in a contact sheet
 SHEET_COLUMNS = 4
 SHEET_TILE_WIDTH = 480  # pixels per tile
 VIDEO_CRF = 20  # x264 quality of preview videos
+PARSING_ALPHA = 0.45  # opacity of the parsing overlay
 
 
 class PreviewError(Exception):
@@ -38,16 +40,41 @@ def _colour(track: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+def overlay_parsing(img: np.ndarray, parsing: np.ndarray, affine: np.ndarray, labels) -> np.ndarray:
+    """Blend label masks [n,S,S] (crop coordinates, ``affine`` [n,2,3] crop -> image) over ``img``
+    in place: each label in its colour (``facekit.face.parse.COLOURS``), background left clear."""
+    import cv2
+
+    from .face.parse import palette
+
+    pal = palette(labels).astype(np.float32)
+    h, w = img.shape[:2]
+    for m, a in zip(parsing, affine):
+        if not np.isfinite(a).all():
+            continue
+        lab = cv2.warpAffine(np.ascontiguousarray(m), np.asarray(a, np.float64), (w, h), flags=cv2.INTER_NEAREST,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        on = lab > 0
+        if on.any():
+            img[on] = ((1 - PARSING_ALPHA) * img[on] + PARSING_ALPHA * pal[np.minimum(lab[on], len(pal) - 1)]
+                       ).round().astype(np.uint8)
+    return img
+
+
 def draw(rgb: np.ndarray, faces: dict[str, np.ndarray], t_sec: float | None = None,
-         pose_axes: np.ndarray | None = None) -> np.ndarray:
+         pose_axes: np.ndarray | None = None, parsing_labels=None) -> np.ndarray:
     """Draw one frame's faces (arrays of ``Faces.in_frame``, display pixels) on a copy of ``rgb``.
 
     pose_axes: [n,4,2] projected origin and x/y/z axis end points per face, when available.
+    parsing_labels: the ``labels`` of ``faces/parsing``; with it (and ``parsing``/``affine`` in
+    ``faces``) the masks are blended in first.
     """
     import cv2
 
     img = np.ascontiguousarray(rgb.copy())
     h, w = img.shape[:2]
+    if parsing_labels is not None and "parsing" in faces and "affine" in faces and len(faces["parsing"]):
+        overlay_parsing(img, faces["parsing"], faces["affine"], parsing_labels)
     th = max(1, round(max(h, w) / 400))
     n = len(faces.get("box", []))
     for j in range(n):
@@ -83,6 +110,14 @@ def _pose_axes(faces: dict, size: tuple[int, int]) -> np.ndarray | None:
         return None
     box = faces["box"]
     return pose_axes_2d(faces["pose"], faces["landmarks"][:, 30, :2], 0.5 * (box[:, 2] - box[:, 0]))
+
+
+def _parsing_labels(v: Video):
+    """The label names of the video's ``faces/parsing``, or None when it has none."""
+    f = v.faces
+    if f.group is None or "parsing" not in f.group:
+        return None
+    return f.attrs("parsing").get("labels")
 
 
 def _find_video(st: Store, src: str) -> Video:
@@ -160,7 +195,7 @@ def _sheet(src, v: Video, out: Path, n_frames: int, columns: int) -> None:
     tiles = []
     for row, rgb, t in _frames_of(src, v, set(picks.tolist())):
         faces = v.faces.in_frame(row) if counts[row] else {}
-        img = draw(rgb, faces, t, _pose_axes(faces, (rgb.shape[1], rgb.shape[0])))
+        img = draw(rgb, faces, t, _pose_axes(faces, (rgb.shape[1], rgb.shape[0])), _parsing_labels(v))
         s = SHEET_TILE_WIDTH / img.shape[1]
         tiles.append(cv2.resize(img, (SHEET_TILE_WIDTH, max(1, round(img.shape[0] * s))), interpolation=cv2.INTER_AREA))
     th = max(t.shape[0] for t in tiles)
@@ -179,6 +214,7 @@ def _video(src, v: Video, out: Path) -> None:
     import av
 
     counts = v.faces.per_frame_counts() if len(v.faces) else np.zeros(len(v.frames), int)
+    labels = _parsing_labels(v)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.part{out.suffix}")
     try:
@@ -186,7 +222,7 @@ def _video(src, v: Video, out: Path) -> None:
             stream = None
             for row, rgb, t in _frames_of(src, v):
                 faces = v.faces.in_frame(row) if counts[row] else {}
-                img = draw(rgb, faces, t, _pose_axes(faces, (rgb.shape[1], rgb.shape[0])))
+                img = draw(rgb, faces, t, _pose_axes(faces, (rgb.shape[1], rgb.shape[0])), labels)
                 if stream is None:
                     stream = container.add_stream("libx264", rate=Fraction(1000, 1))
                     stream.width, stream.height = img.shape[1] // 2 * 2, img.shape[0] // 2 * 2

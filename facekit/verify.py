@@ -41,6 +41,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "align": ("frames/t", "frames/index", "faces/affine"),
     "pose": ("frames/t", "frames/index", "faces/pose"),
     "crop": ("frames/t", "frames/index", "faces/crop"),
+    "parse": ("frames/t", "frames/index", "faces/parsing"),
     "mel": ("audio/mel/data", "audio/mel/t"),
     "vggish": ("audio/vggish/data", "audio/vggish/t"),
 }

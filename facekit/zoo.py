@@ -217,6 +217,34 @@ for _name, _file, _prefix, _desc in (
     ))
 
 
+# FaRL face parsers as published (TorchScript) by pyfacer (FacePerceiver/facer, facer/face_parsing/farl.py
+# pretrain_settings). pyfacer publishes no checksums: the sha256 values are those recorded for the same
+# release files by independent projects that pin them (this machine is offline and cannot re-hash them).
+_FARL_FILES = {
+    "farl-lapa": ("face_parsing.farl.lapa.main_ema_136500_jit191.pt",
+                  "f5a874906795ef89fadd7cf3b5b218ed8550fa9dbb383b7c0f95726c3a352914", "LaPa (11 classes)"),
+    "farl-celebm": ("face_parsing.farl.celebm.main_ema_181500_jit.pt",
+                    "bbc1f0e9f68c80eb83a0b23f33850d1e10f2ec1eda96884112d111c2c1f15c79",
+                    "CelebAMask-HQ (19 classes)"),
+}
+for _name, (_file, _sha, _data) in _FARL_FILES.items():
+    register(Model(
+        name=_name,
+        task="parse",
+        runtime="torch",
+        files=(ModelFile(filename=_file, sha256=_sha, size=0,
+                         url=f"https://github.com/FacePerceiver/facer/releases/download/models-v1/{_file}"),),
+        description=f"FaRL face parser fine-tuned on {_data}, 448x448 (pyfacer's TorchScript release)",
+        licence_code="MIT (pyfacer / FaRL)",
+        licence_weights="pyfacer release (MIT); trained on " + ("LaPa: research use" if "lapa" in _name
+                                                               else "CelebAMask-HQ: non-commercial research use"),
+        citation="Zheng et al. General Facial Representation Learning in a Visual-Linguistic Manner. CVPR 2022.",
+        input="RGB image and the 5 detector key points; pyfacer's own alignment to a 448x448 "
+              + ("tanh-warped crop" if "lapa" in _name else "FFHQ-like quad crop"),
+        embedded=False,
+    ))
+
+
 def get(name: str) -> Model:
     try:
         return REGISTRY[name]

@@ -142,17 +142,9 @@ class CropStage(stages.Stage):
                 tid = int(tracks[k]) if tracks is not None else 0
                 self._videos.add(tid, float(batch.t_sec[f["frame"][k] - row0]), crops[k])
         if self._dir is not None and n and self.config.write_images:
-            tracks = f.get("track")
-            j_in_frame = np.zeros(n, int)
-            for i in np.unique(f["frame"]):
-                rows = np.flatnonzero(f["frame"] == i)
-                j_in_frame[rows] = np.arange(len(rows))
             params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if self.config.image_format == "jpg" else []
-            for k in range(n):
-                sub = f"track{int(tracks[k]):04d}" if tracks is not None else "faces"
-                d = self._dir / sub
-                d.mkdir(parents=True, exist_ok=True)
-                path = d / f"{int(f['frame'][k]):06d}_{j_in_frame[k]}.{self.config.image_format}"
+            for k, path in enumerate(crop_image_paths(self._dir, f, self.config.image_format)):
+                path.parent.mkdir(parents=True, exist_ok=True)
                 ok, buf = cv2.imencode(path.suffix, cv2.cvtColor(crops[k], cv2.COLOR_RGB2BGR), params)
                 if not ok:
                     raise OSError(f"cannot encode {path}")
@@ -171,6 +163,23 @@ class CropStage(stages.Stage):
             for d in self._dir.iterdir():
                 if d.name.startswith("track") and d.name.split(".")[0] not in kept:
                     shutil.rmtree(d) if d.is_dir() else d.unlink()
+
+
+def crop_image_paths(folder: Path, faces: dict, ext: str, suffix: str = "") -> list[Path]:
+    """The image file of each face of a batch: ``folder/track<id>/<frame row>_<j><suffix>.<ext>``
+    (``faces/`` instead of ``track<id>/`` without tracks; ``j`` = the face's index in its frame).
+    ``--masks`` writes ``..._<j>_mask.png`` beside each crop."""
+    n = len(faces["frame"])
+    tracks = faces.get("track")
+    j_in_frame = np.zeros(n, int)
+    for i in np.unique(faces["frame"]):
+        rows = np.flatnonzero(faces["frame"] == i)
+        j_in_frame[rows] = np.arange(len(rows))
+    out = []
+    for k in range(n):
+        sub = f"track{int(tracks[k]):04d}" if tracks is not None else "faces"
+        out.append(folder / sub / f"{int(faces['frame'][k]):06d}_{j_in_frame[k]}{suffix}.{ext}")
+    return out
 
 
 class _TrackVideos:
