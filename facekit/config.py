@@ -64,8 +64,9 @@ class Config:
     mel_log_floor: float = 1e-10  # power floor before 10*log10 (dB)
     # models and run control
     weights: dict = field(default_factory=dict)  # model name -> local file
-    device: str = "cpu"
-    workers: int = 1
+    device: str = "cpu"  # "cpu", "cuda" (every visible GPU), "cuda:N" or "cuda:N,M,..." (facekit.device)
+    workers: int = 1  # CPU worker processes
+    workers_per_device: int = 1  # with --device cuda: worker processes per GPU
     shard: str | None = None  # "I/N": process the I-th of N slices of the sorted inputs (1-based)
     overwrite: bool = False
 
