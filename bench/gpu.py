@@ -9,13 +9,14 @@ Needs a CUDA GPU with CuPy and a CUDA build of PyTorch (plus face-alignment for 
              equality with the NumPy path (warp_crops_xp, bit for bit) and with cv2.warpAffine
              (within 1 grey level), faces/s of the kernel alone (frames already on the GPU), of
              upload + kernel + download, and of cv2.warpAffine on the CPU (one crop per call)
-  fan        FAN-4 (random weights: the speed and the CPU/GPU agreement do not depend on them) on
-             faces of 720p frames: largest landmark difference CUDA vs CPU (pixels), with and
-             without TF32, and faces/s on each
+  fan        FAN-4 (random weights: the speed does not depend on them; their nearly flat heatmaps
+             make the arg-max agreement a worst case) on faces of 720p frames: landmark distance
+             CUDA vs CPU (pixels) and heatmap difference, without and with TF32, and faces/s
   extract    `facekit.extract` of a generated 1280x720 clip (three moving faces) with stages
              detect,track,landmarks(fan2d),align,crop on --device cpu and cuda: frames/s, the
-             time spent in each stage, and whether the two stores hold the same crops/landmarks;
-             then two clips with --workers-per-device 1 and 2 give identical stores
+             time spent in each stage, and whether the two stores hold the same crops/landmarks
+  workers    --worker-clips such clips on one GPU with each --per-device value of
+             --workers-per-device: frames/s, and whether the stores are identical
 """
 
 from __future__ import annotations
@@ -232,7 +233,7 @@ def decode_only(path) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def make_clip(path: Path, seconds: float, fps: int = 25) -> Path:
+def make_clip(path: Path, seconds: float, fps: int = 25, phase: int = 0) -> Path:
     """A 1280x720 H.264 clip of the three-face scene (PyAV: no ffmpeg binary needed)."""
     import av
 
@@ -241,7 +242,7 @@ def make_clip(path: Path, seconds: float, fps: int = 25) -> Path:
         s.width, s.height, s.pix_fmt = W, H, "yuv420p"
         s.options = {"crf": "18", "preset": "veryfast"}
         for i in range(int(seconds * fps)):
-            for p in s.encode(av.VideoFrame.from_ndarray(_scene(i), format="rgb24")):
+            for p in s.encode(av.VideoFrame.from_ndarray(_scene(i + 37 * phase), format="rgb24")):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
@@ -314,19 +315,31 @@ def bench_extract(weights_path: str, yunet: str | None, seconds: float) -> None:
         print(f"extract cpu vs cuda stores: boxes identical {same_boxes}; "
               f"{_lm_diff(res['cpu']['faces/landmarks'], res['cuda']['faces/landmarks'])}; "
               f"crops max |diff| {dc.max()} grey levels, identical values {100 * (dc == 0).mean():.4f} %")
-        # workers: one GPU, two clips, 1 vs 2 workers per GPU -> identical stores
+
+
+def bench_workers(weights_path: str, yunet: str | None, seconds: float, n_clips: int, pers: list[int]) -> None:
+    """n_clips clips on one GPU with each --workers-per-device in pers: frames/s and identical stores."""
+    import facekit
+
+    stages = "detect,track,landmarks,align,crop"
+    opts = dict(landmarker="fan2d", weights={"fan2d": weights_path, **({"yunet": yunet} if yunet else {})})
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        clips = [make_clip(tmp / f"w{i}.mp4", seconds, phase=i) for i in range(n_clips)]
         outs = {}
-        for per in (1, 2):
+        for per in pers:
             t0 = time.perf_counter()
-            s = facekit.extract([clip, clip2], tmp / f"w{per}.h5", stages=stages, device="cuda",
+            s = facekit.extract(clips, tmp / f"w{per}.h5", stages=stages, device="cuda",
                                 workers_per_device=per, progress=False, **opts)
             dt = time.perf_counter() - t0
+            assert s.ok and len(s.processed) == n_clips, s.to_dict()
             n = sum(r.n_frames for r in s.results)
-            print(f"extract --device cuda --workers-per-device {per}: 2 videos, {n} frames in {dt:.2f} s "
+            print(f"workers --device cuda --workers-per-device {per}: {n_clips} videos, {n} frames in {dt:.2f} s "
                   f"= {n / dt:.1f} frames/s (includes starting the workers and loading models)")
             outs[per] = {r.key: _read(tmp / f"w{per}.h5", r.key) for r in s.results}
-        same = all(np.array_equal(outs[1][k][d], outs[2][k][d]) for k in outs[1] for d in outs[1][k])
-        print(f"extract workers-per-device 1 vs 2: identical boxes, landmarks and crops: {same}")
+        ref = outs[pers[0]]
+        same = all(np.array_equal(ref[k][d], o[k][d]) for o in outs.values() for k in ref for d in ref[k])
+        print(f"workers --workers-per-device {', '.join(map(str, pers))}: identical boxes, landmarks and crops: {same}")
 
 
 def main(argv=None) -> None:
@@ -335,13 +348,15 @@ def main(argv=None) -> None:
     ap.add_argument("--faces", type=int, default=256, help="crops in the kernel batch")
     ap.add_argument("--clip-seconds", type=float, default=10.0, help="length of the generated 720p clip")
     ap.add_argument("--yunet", default=None, help="YuNet .onnx (default: the embedded one)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: kernel,fan,extract")
+    ap.add_argument("--worker-clips", type=int, default=2, help="clips for the workers part")
+    ap.add_argument("--per-device", default="1,2", help="--workers-per-device values for the workers part")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: kernel,fan,extract,workers")
     a = ap.parse_args(argv)
     skip = set(a.skip.split(","))
     print("device  " + device_line())
     if "kernel" not in skip:
         bench_kernel(a.frames, a.faces)
-    if skip >= {"fan", "extract"}:
+    if skip >= {"fan", "extract", "workers"}:
         return
     import torch
 
@@ -352,6 +367,8 @@ def main(argv=None) -> None:
             bench_fan(wp, a.yunet)
         if "extract" not in skip:
             bench_extract(wp, a.yunet, a.clip_seconds)
+        if "workers" not in skip:
+            bench_workers(wp, a.yunet, a.clip_seconds, a.worker_clips, [int(v) for v in a.per_device.split(",")])
 
 
 if __name__ == "__main__":
