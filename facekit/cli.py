@@ -130,9 +130,14 @@ def run_options(f):
                      show_default=True, help="Whisper: 30 s windows per encoder call."),
         click.option("--weights", "weights", multiple=True, callback=_weights, metavar="NAME=PATH",
                      help="Use a local weight file for model NAME in this run (repeatable)."),
-        click.option("--device", default="cpu", show_default=True, help="cpu (GPU support comes later)."),
+        click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|cuda:N|cuda:N,M",
+                     help="Where models and crop warps run: cuda = every visible GPU, cuda:0,1 = GPUs 0 and 1, "
+                          "one worker per GPU (e.g. --device cuda:0,1 --landmarker fan2d). Stops at once if "
+                          "CUDA is unusable; never falls back to the CPU."),
         click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Worker processes, each writing its own shards."),
+                     help="Worker processes, each writing its own shards (CPU runs)."),
+        click.option("--workers-per-device", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="With --device cuda: worker processes per GPU."),
         click.option("--shard", default=None, metavar="I/N",
                      help="Process only the I-th of N slices of the inputs (job arrays)."),
         click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,

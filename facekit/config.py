@@ -79,8 +79,9 @@ class Config:
     whisper_batch_size: int = 4  # 30 s windows per encoder call
     # models and run control
     weights: dict = field(default_factory=dict)  # model name -> local file
-    device: str = "cpu"
-    workers: int = 1
+    device: str = "cpu"  # "cpu", "cuda" (every visible GPU), "cuda:N" or "cuda:N,M,..." (facekit.device)
+    workers: int = 1  # CPU worker processes
+    workers_per_device: int = 1  # with --device cuda: worker processes per GPU
     shard: str | None = None  # "I/N": process the I-th of N slices of the sorted inputs (1-based)
     backend: str = "local"  # "local" (processes on this machine) or "ray" (actors on a Ray cluster)
     ray_address: str | None = None  # with backend "ray": HOST:PORT of a running cluster (None: RAY_ADDRESS or local)

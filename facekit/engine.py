@@ -461,10 +461,19 @@ def _problem_record_key(path: str, taken: set[str], out: str) -> str:
     return key
 
 
-def _init_worker():
+def _init_worker(gpu_slots=None):
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    if gpu_slots is not None:  # --device cuda: each worker takes one GPU slot and keeps it
+        import queue
+
+        from . import device as device_mod
+
+        try:
+            device_mod.pin(gpu_slots.get(timeout=5))
+        except queue.Empty:  # a replacement for a worker that died: any GPU of the run
+            device_mod.pin(None)
 
 
 def _work(args):
@@ -499,13 +508,26 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
     if cfg.masks:
         names += ["crop", "parse"]  # mask PNGs are written beside the crop images
     cfg.stages = stages_mod.resolve(names)
-    if cfg.device != "cpu":
-        raise stages_mod.StageError(f"--device {cfg.device}: only cpu is supported in this version")
     if cfg.backend not in ("local", "ray"):
         raise ValueError(f"unknown backend {cfg.backend!r} (local or ray)")
+    from . import device as device_mod
+
+    check_cfg = cfg
+    if cfg.backend == "ray":  # the GPUs are the cluster's: one per actor (facekit/cluster.py)
+        device_mod.parse(cfg.device)  # DeviceError for a malformed --device
+        n_procs, gpu_slots = cfg.workers, [None]
+        if cfg.device != "cpu":
+            from dataclasses import replace
+
+            check_cfg = replace(cfg, device="cpu")  # models are checked here on the CPU
+    else:
+        n_procs, gpu_slots = device_mod.plan(cfg)  # DeviceError (bad --device, unusable CUDA) before any work
+        device_mod.pin(gpu_slots[0])
     out = os.fspath(out)
     store.check_writable(out)
-    build_pipeline(cfg)  # load models now: a missing model stops the run before any work
+    pipe = build_pipeline(check_cfg)  # load models now: a missing model stops the run before any work
+    device_warnings = [] if gpu_slots[0] is None or device_mod.stages_on_gpu(pipe) else [
+        f"--device {cfg.device}: no stage of this run uses the GPU (GPU stages: crop, landmarks with fan2d/fan3d)"]
 
     audio_only = all(stages_mod.REGISTRY[n].consumes == "audio" for n in cfg.stages)
     units, problems, warnings = collect(list(inputs), cfg.frame_folders, stdin=stdin, audio=audio_only)
@@ -553,7 +575,7 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(units), unit="video", disable=not show, dynamic_ncols=True, file=sys.stderr)
     # a second line for the frames of the video in flight (one worker: long videos show progress)
-    fbar = tqdm(total=0, unit="frame", disable=not show or cfg.workers > 1, dynamic_ncols=True, file=sys.stderr,
+    fbar = tqdm(total=0, unit="frame", disable=not show or n_procs > 1, dynamic_ncols=True, file=sys.stderr,
                 leave=False, position=1)
     last_index = time.monotonic()
     order = sorted(units, key=lambda u: (-u.size, u.key))  # largest first: the slowest start early
@@ -579,7 +601,7 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
             from .cluster import run_ray
 
             run_ray(order, cfg, out, debug, handle, lambda: bool(stopped))
-        elif cfg.workers <= 1 or len(order) <= 1:
+        elif n_procs <= 1 or len(order) <= 1:
             for u in order:
                 if not fbar.disable:  # (the guess costs a probe)
                     fbar.reset(total=_expected_frames(u, cfg))
@@ -590,8 +612,13 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
         else:
             import multiprocessing as mp
 
-            ctx = mp.get_context("spawn")  # fork after threads/models is unsafe
-            with ctx.Pool(cfg.workers, initializer=_init_worker) as pool:
+            ctx = mp.get_context("spawn")  # fork after threads/models is unsafe (and CUDA)
+            slots = None
+            if gpu_slots[0] is not None:
+                slots = ctx.Queue()
+                for g in gpu_slots:
+                    slots.put(g)
+            with ctx.Pool(n_procs, initializer=_init_worker, initargs=(slots,)) as pool:
                 for r in pool.imap_unordered(_work, [(u, cfg, out, debug) for u in order]):
                     handle(r)
                     if stopped:
@@ -607,4 +634,4 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
                     f"finished ones are intact): free some space and re-run the same command to resume")
     results.sort(key=lambda r: (r.key, r.path))
     return Summary(out=out, results=results, seconds=time.perf_counter() - t_start,
-                   warnings=warnings + run_warnings, stopped=stopped, not_started=not_started)
+                   warnings=device_warnings + warnings + run_warnings, stopped=stopped, not_started=not_started)

@@ -354,7 +354,7 @@ def test_device(weights_file):
 
     w = {"vggish": str(weights_file)}
     if not torch.cuda.is_available():
-        with pytest.raises(stages.StageError, match="CUDA is not available"):
+        with pytest.raises(stages.StageError, match="PyTorch cannot use CUDA"):
             V.VGGishStage(Config(device="cuda", weights=w))
         return
     ex = V.waveform_to_examples(np.random.default_rng(0).normal(0, 0.1, 48000).astype(np.float32))

@@ -353,9 +353,11 @@ def test_random_model_any_size_signature(tmp_path):
 
 
 def test_device_errors():
+    """--device goes through facekit.device: a GPU that cannot be used is refused before any work."""
+    from facekit.config import Config
+
     if not torch.cuda.is_available():
-        with pytest.raises(stages.StageError, match="CUDA is not available"):
-            fw._device("cuda:0")
-    with pytest.raises(stages.StageError, match="unsupported --device"):
-        fw._device("tpu")
-    assert fw._device("cpu").type == "cpu"
+        with pytest.raises(stages.StageError, match="PyTorch cannot use CUDA"):
+            fw.WhisperStage(Config(device="cuda:0"))
+    with pytest.raises(stages.StageError, match="--device"):
+        fw.WhisperStage(Config(device="tpu"))

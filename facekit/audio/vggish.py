@@ -327,7 +327,10 @@ class VGGishStage(stages.Stage):
             raise stages.StageError(f"vggish: --vggish-hop: {e}") from None
         if c.vggish_batch_size < 1:
             raise stages.StageError(f"vggish: batch size must be >= 1, got {c.vggish_batch_size}")
-        self.device = _device(c.device)
+        from .. import device as device_mod
+
+        self.device = device_mod.torch_device(c)  # the worker's pinned GPU, or cpu (DeviceError if unusable)
+        self.on_gpu = self.device != "cpu"
         try:
             self.weights = zoo.resolve("vggish", c.weights)
             self.pca = zoo.resolve("vggish-pca", c.weights) if c.vggish_postprocess else None
@@ -383,18 +386,3 @@ class VGGishStage(stages.Stage):
         writer.create("audio/vggish/data", data=np.asarray(data, np.float32), growable=False)
         writer.create("audio/vggish/t", data=np.asarray(t, np.float64), growable=False)
         set_attrs(g, self._attrs(status))
-
-
-def _device(device: str) -> str:
-    """``--device`` -> a torch device string (the first GPU of a list); StageError when unusable."""
-    d = (device or "cpu").split(",")[0].strip()
-    if d == "cpu":
-        return d
-    torch = _torch()
-    try:
-        dev = torch.device(d)
-    except (RuntimeError, ValueError):
-        raise stages.StageError(f"vggish: unknown device {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise stages.StageError(f"vggish: --device {device}: CUDA is not available to PyTorch here")
-    return d

@@ -111,27 +111,6 @@ def frame_times(n: int, start_sec: float = 0.0) -> np.ndarray:
     return start_sec + np.arange(n, dtype=np.float64) * (FRAME_SAMPLES / SAMPLE_RATE)
 
 
-def _device(spec: str):
-    import torch
-
-    spec = (spec or "cpu").strip()
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec.startswith("cuda"):
-        first = spec.split(",")[0]  # "cuda:0,1": the engine gives each worker its own GPU
-        if not torch.cuda.is_available():
-            raise stages.StageError(f"whisper: --device {spec}: CUDA is not available to this PyTorch")
-        try:
-            dev = torch.device(first)
-        except RuntimeError as e:
-            raise stages.StageError(f"whisper: bad --device {spec!r} ({e})") from None
-        if dev.type != "cuda" or (dev.index or 0) >= torch.cuda.device_count():
-            raise stages.StageError(f"whisper: --device {spec}: no such CUDA device "
-                                    f"({torch.cuda.device_count()} visible)")
-        return dev
-    raise stages.StageError(f"whisper: unsupported --device {spec!r} (cpu or cuda[:N])")
-
-
 def load_encoder(path, device=None):
     """Load an openai-whisper checkpoint's encoder: (whisper.model.AudioEncoder in eval mode, dims dict).
 
@@ -232,7 +211,10 @@ class WhisperStage(stages.Stage):
             raise stages.StageError(f"whisper: openai-whisper is not installed ({e}); run "
                                     f"`pip install 'facekit[whisper]' && pip install --no-deps openai-whisper`"
                                     ) from None
-        self.device = _device(c.device)
+        from .. import device as device_mod
+
+        self.device = torch.device(device_mod.torch_device(c))  # the worker's pinned GPU, or cpu
+        self.on_gpu = self.device.type == "cuda"
         self.half = self.device.type == "cuda"
         weights = dict(c.weights or {})
         if self.model_name not in weights and c.whisper_model in weights:  # --weights turbo=PATH

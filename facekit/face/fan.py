@@ -94,6 +94,17 @@ class Fan:
             self.depth.load_state_dict(_load_state(torch, depth_weights.path, depth_weights.model))
             self.depth.to(device).eval()
 
+    def _exact(self):
+        """On CUDA: full float32 convolutions. cuDNN's TF32 (PyTorch's default for convolutions on
+        Ampere and later) rounds inputs to 10 mantissa bits: heatmaps then differ from the CPU's by
+        ~1e-2 and some arg-maxes jump (bench/RESULTS-gpu.md); without it they agree to ~1e-5."""
+        import contextlib
+
+        if not str(self.device).startswith("cuda"):
+            return contextlib.nullcontext()
+        return self._torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False,
+                                                allow_tf32=False)
+
     def _centre_scale(self, box):
         u = self._u
         centre = np.array([box[2] - (box[2] - box[0]) / 2.0, box[3] - (box[3] - box[1]) / 2.0])
@@ -120,7 +131,7 @@ class Fan:
             crops.append(u.crop(images[i], c, s).transpose((2, 0, 1)).astype(np.float32) / 255.0)
         inp = torch.from_numpy(np.stack(crops))
         heat = []
-        with torch.no_grad():
+        with torch.no_grad(), self._exact():
             for a in range(0, k, self.max_batch):
                 out = self.net(inp[a:a + self.max_batch].to(self.device))
                 heat.append((out[-1] if isinstance(out, list) else out).float().cpu())
@@ -140,7 +151,7 @@ class Fan:
                     if pts_hm[j][p, 0] > 0 and pts_hm[j][p, 1] > 0:
                         maps[j, p] = u.draw_gaussian(maps[j, p], torch.from_numpy(pts_hm[j][p]), 2)
             depth_in = torch.cat([inp, torch.from_numpy(maps)], 1)
-            with torch.no_grad():
+            with torch.no_grad(), self._exact():
                 d = torch.cat([self.depth(depth_in[a:a + self.max_batch].to(self.device)).float().cpu()
                                for a in range(0, k, self.max_batch)]).numpy().reshape(k, 68)
             lms[:, :, 2] = d * (1.0 / (u.CROP_RESOLUTION / (u.SCALE_FACTOR * np.asarray(scales)[:, None])))

@@ -252,7 +252,11 @@ class ParseStage(stages.Stage):
         super().__init__(config)
         if config.masks and not config.images:
             raise stages.StageError("--masks writes next to the crop images: give --images DIR")
-        self.model = load_parser(config.parser, config.weights, config.device)
+        from .. import device as device_mod
+
+        dev = device_mod.torch_device(config) if config.parser != "landmarks68" else "cpu"
+        self.model = load_parser(config.parser, config.weights, dev)
+        self.on_gpu = dev != "cpu"
         self.labels = list(self.model.labels)
         if len(self.labels) > 256:  # pragma: no cover - registry models have <= 19
             raise stages.StageError(f"parser {config.parser}: {len(self.labels)} labels do not fit uint8")
