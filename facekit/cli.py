@@ -128,6 +128,8 @@ def run_options(f):
                           "after the final LayerNorm) or a comma list averaged, e.g. 4,5,-1."),
         click.option("--whisper-batch-size", type=click.IntRange(min=1), default=_D.whisper_batch_size,
                      show_default=True, help="Whisper: 30 s windows per encoder call."),
+        click.option("--whisper-fp32", is_flag=True,
+                     help="Whisper on CUDA: float32 (no TF32) instead of openai-whisper's float16: slower, closer to the CPU."),
         click.option("--weights", "weights", multiple=True, callback=_weights, metavar="NAME=PATH",
                      help="Use a local weight file for model NAME in this run (repeatable)."),
         click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|cuda:N|cuda:N,M",

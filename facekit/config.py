@@ -77,6 +77,7 @@ class Config:
     whisper_model: str = "whisper-base"  # registry name (whisper-tiny.en ... whisper-large-v3-turbo) or alias
     whisper_layer: str = "last"  # hidden state: last, an index (0 = conv stem, k = block k, -1 = last) or a comma list (mean)
     whisper_batch_size: int = 4  # 30 s windows per encoder call
+    whisper_fp32: bool = False  # on CUDA compute in float32 instead of openai-whisper's float16
     # models and run control
     weights: dict = field(default_factory=dict)  # model name -> local file
     device: str = "cpu"  # "cpu", "cuda" (every visible GPU), "cuda:N" or "cuda:N,M,..." (facekit.device)

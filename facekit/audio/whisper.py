@@ -39,6 +39,7 @@ Output: ``data`` [T, n_audio_state] float32 (384 tiny, 512 base, 768 small, 1024
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 
@@ -215,7 +216,7 @@ class WhisperStage(stages.Stage):
 
         self.device = torch.device(device_mod.torch_device(c))  # the worker's pinned GPU, or cpu
         self.on_gpu = self.device.type == "cuda"
-        self.half = self.device.type == "cuda"
+        self.half = self.device.type == "cuda" and not c.whisper_fp32  # openai-whisper's GPU default
         weights = dict(c.weights or {})
         if self.model_name not in weights and c.whisper_model in weights:  # --weights turbo=PATH
             weights[self.model_name] = weights[c.whisper_model]
@@ -252,7 +253,10 @@ class WhisperStage(stages.Stage):
         n_windows = math.ceil(samples.size / WINDOW_SAMPLES)
         out = np.zeros((n_frames(samples.size), self.dims.n_audio_state), np.float32)
         dtype = torch.float16 if self.half else torch.float32
-        with torch.inference_mode():
+        exact = contextlib.nullcontext()
+        if self.device.type == "cuda" and not self.half:  # --whisper-fp32: no TF32 rounding either
+            exact = torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False)
+        with torch.inference_mode(), exact:
             for b0 in range(0, n_windows, self.batch):
                 ks = range(b0, min(b0 + self.batch, n_windows))
                 mels = [log_mel_spectrogram(pad_or_trim(torch.from_numpy(
