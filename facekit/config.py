@@ -17,6 +17,7 @@ DEFAULT_STAGES = {
     "detect": ["detect"],
     "align": ["detect", "track", "landmarks", "align"],
     "crop": ["detect", "track", "landmarks", "align", "crop"],
+    "embed": ["detect", "track", "landmarks", "align", "embed"],
     "audio": ["mel"],
 }
 
@@ -54,6 +55,12 @@ class Config:
     image_format: str = "jpg"  # "jpg" or "png"
     write_images: bool = True  # with `images`: one image file per crop
     track_videos: bool = False  # with `images`: one mp4 of crops per track
+    # embeddings (stage embed) and identity re-joining of tracks
+    embed: str = "sface"  # comma-separated backbones (facekit.face.embed.BACKBONES)
+    embed_dtype: str = "float32"  # "float32" or "float16" for faces/embed/*
+    embed_pool: str = "none"  # "none" or "track": also tracks/embed/<model> (mean per track)
+    embed_batch: int = 32  # crops per model call
+    track_rejoin: float | None = None  # merge tracks whose mean sface embeddings have cosine > this
     # log-Mel
     mel_n_mels: int = 80
     mel_n_fft: int = 400  # samples (25 ms at 16 kHz)

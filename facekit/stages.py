@@ -72,6 +72,7 @@ def register(cls: type[Stage]) -> type[Stage]:
 
 def load_builtin() -> None:
     from .face import crop, detect, landmarks, pose, tracking  # noqa: F401  (register their stages)
+    from .face import embed  # noqa: F401  (registers "embed")
     from .audio import mel  # noqa: F401  (registers "mel")
 
 
