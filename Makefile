@@ -13,10 +13,13 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test,docs,fan]'
+	$(PY) -m pip install -q -e '.[test,docs,fan,embed]'
 	# face-alignment without its dependencies: it requires opencv-python, which would replace the
 	# headless OpenCV (and needs libGL); everything else it needs is installed above
 	$(PY) -m pip install -q --no-deps 'face-alignment>=1.4'
+	# reference implementations for the embedding parity tests (tests/test_embed.py), without their
+	# dependencies for the same reason (opencv-python); what they import is installed above
+	$(PY) -m pip install -q --no-deps 'insightface>=0.7' 'emotiefflib>=1.1'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -32,26 +32,30 @@ from facekit.media import _read_image  # noqa: E402
 THRESHOLDS = {"sface": embed.SFACE_THRESHOLD, "arcface-r50": None, "efficientnet-lite0": None,
               "enet-b0-8-best-vgaf": None}
 THROUGHPUT_FACES = 64
-RETRY_SIDE = 640  # pixels; see faces_of
+DETECT_SIDE = 800  # pixels: images are searched for faces at this size first (faces_of)
 
 
-def faces_of(path: Path):
+def faces_of(path: Path, max_side: int = DETECT_SIDE):
     """(rgb, kps5 [K,5,2], boxes [K,4]) of the faces YuNet finds in an image, largest first.
 
-    Portraits whose face fills a large photo are missed by YuNet at full size (its largest anchors
-    are far smaller than a 1000-px face): when nothing is found, the image is searched again
-    downscaled to RETRY_SIDE pixels and the points mapped back (pixel-centre convention)."""
+    The image is searched downscaled to ``max_side`` pixels (points mapped back to full-size
+    pixels, pixel-centre convention), then at full size if nothing was found: YuNet misses faces
+    that fill a large photo (its largest anchors are far smaller than a 1000-px face), and the
+    downscaled search is much faster. The crops are always warped from the full-size image."""
     import cv2
 
     rgb = _read_image(str(path))
-    boxes, _, kps = load_detector("yunet").detect(rgb)
     h, w = rgb.shape[:2]
-    if not len(boxes) and max(h, w) > RETRY_SIDE:
-        s = RETRY_SIDE / max(h, w)
-        small = cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-        boxes, _, kps = load_detector("yunet").detect(small)
-        boxes = (np.asarray(boxes) + 0.5) / s - 0.5
-        kps = (np.asarray(kps) + 0.5) / s - 0.5
+    s = min(1.0, max_side / max(h, w))
+    small = cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA) if s < 1 else rgb
+    boxes, _, kps = load_detector("yunet").detect(small)
+    if len(boxes):
+        sx, sy = small.shape[1] / w, small.shape[0] / h
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 2, 2)
+        boxes = ((boxes + 0.5) / (sx, sy) - 0.5).reshape(-1, 4)
+        kps = (np.asarray(kps, np.float64) + 0.5) / (sx, sy) - 0.5
+    elif s < 1:
+        boxes, _, kps = load_detector("yunet").detect(rgb)
     order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) if len(boxes) else []
     return rgb, np.asarray(kps)[order], np.asarray(boxes)[order]
 
@@ -115,26 +119,53 @@ def clustering(data: Path, name: str = "sface", threshold: float | None = None) 
     return {"model": name, "faces": len(u), "threshold": th, "clusters": len(sizes), "sizes": sizes}
 
 
+def rejoin(data: Path, threshold: float = 0.5) -> dict:
+    """Tracks of the hamilton clip without and with --track-rejoin: which tracks merge."""
+    import tempfile
+
+    import facekit
+
+    src = Path(data) / "videos" / "hamilton_multiface.mp4"
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kw in (("plain", {}), ("rejoin", {"track_rejoin": threshold})):
+            p = Path(tmp) / f"{name}.h5"
+            facekit.extract([src], p, stages="detect,track", **kw)
+            with facekit.open(p) as st:
+                g = st[list(st)[0]].group
+                out[name] = {k: g[f"tracks/{k}"][()].tolist() for k in ("id", "first_frame", "last_frame", "shot")}
+    return out
+
+
 def throughput(name: str, n: int = THROUGHPUT_FACES, repeats: int = 3) -> dict:
     model = embed.load(name)
     s = model.spec.size
     crops = np.random.default_rng(0).integers(0, 255, (n, s, s, 3), dtype=np.uint8)
     model(crops[:8])  # warm-up
-    best = np.inf
+    best = cpu = np.inf
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         model(crops)
         best = min(best, time.perf_counter() - t)
-    return {"model": name, "faces_per_s": n / best, "ms_per_face": 1000 * best / n}
+        cpu = min(cpu, time.process_time() - c)
+    return {"model": name, "faces_per_s": n / best, "ms_per_face": 1000 * best / n,
+            "cpu_ms_per_face": 1000 * cpu / n, "load": os.getloadavg()[0]}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=os.environ.get("FACEKIT_TEST_DATA", "../shared/data"))
     ap.add_argument("--models", default="sface,efficientnet-lite0")
+    ap.add_argument("--throughput-only", action="store_true")
     args = ap.parse_args()
     names = embed.parse_names(args.models)
     for n in names:
+        if args.throughput_only:
+            t = throughput(n)
+            print(f"{n}: {t['faces_per_s']:.1f} faces/s ({t['ms_per_face']:.1f} ms/face wall, "
+                  f"{t['cpu_ms_per_face']:.1f} CPU-ms/face; batches of 32, {os.cpu_count()} CPU cores, "
+                  f"load average {t['load']:.1f})")
+            continue
         v = verification(Path(args.data), n)
         acc = f"{v['accuracy']:.3f} at {v['threshold']}" if v["accuracy"] is not None else "n/a"
         print(f"{n}: deepface pairs {v['pairs']} ({v['same']} same, {v['different']} different, "
@@ -143,9 +174,15 @@ def main():
         c = clustering(Path(args.data), n, v["threshold"] if v["threshold"] is not None else v["best_threshold"])
         print(f"{n}: bald_guys.jpg: {c['faces']} faces -> {c['clusters']} clusters at cosine {c['threshold']:.3f} "
               f"(sizes {c['sizes']})")
+        if n == "sface":
+            r = rejoin(Path(args.data))
+            print(f"hamilton tracks (first frame, last frame, shot): plain "
+                  f"{list(zip(r['plain']['first_frame'], r['plain']['last_frame'], r['plain']['shot']))}; "
+                  f"--track-rejoin 0.5 {list(zip(r['rejoin']['first_frame'], r['rejoin']['last_frame'], r['rejoin']['shot']))}")
         t = throughput(n)
-        print(f"{n}: {t['faces_per_s']:.1f} faces/s ({t['ms_per_face']:.1f} ms/face, batches of 32, "
-              f"{os.cpu_count()} CPU cores)")
+        print(f"{n}: {t['faces_per_s']:.1f} faces/s ({t['ms_per_face']:.1f} ms/face wall, "
+              f"{t['cpu_ms_per_face']:.1f} CPU-ms/face; batches of 32, {os.cpu_count()} CPU cores, "
+              f"load average {t['load']:.1f})")
 
 
 if __name__ == "__main__":

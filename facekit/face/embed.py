@@ -133,8 +133,10 @@ def _onnx_graph_fix(path, cut_last_gemm: bool = False):
     Sub and Mul (insightface's test for mxnet-exported ArcFace graphs).
 
     Graph inputs that no node consumes are dropped (the OpenCV Zoo int8 SFace lists 29 such
-    dangling weight inputs and would otherwise demand them), the batch axis of the input and the
-    outputs becomes dynamic, and with ``cut_last_gemm`` the final Gemm is removed so the output is
+    dangling weight inputs and would otherwise demand them), weights listed as graph inputs become
+    plain constants (nothing fed at run time can replace them, and onnxruntime folds their int8
+    dequantisation once instead of on every call), the batch axis of the input and the outputs
+    becomes dynamic, and with ``cut_last_gemm`` the final Gemm is removed so the output is
     its input (EmotiEffLib's feature extraction)."""
     try:
         import onnx
@@ -161,8 +163,8 @@ def _onnx_graph_fix(path, cut_last_gemm: bool = False):
         del g.output[:]
         g.output.append(helper.make_tensor_value_info(feat, TensorProto.FLOAT, [None, int(w.dims[1])]))
     used = {i for n in g.node for i in n.input}
-    inits = {t.name for t in g.initializer}  # initializer-backed inputs stay (overridable weights)
-    keep = [i for i in g.input if i.name in used or i.name in inits]
+    inits = {t.name for t in g.initializer}  # weights listed as inputs: constants (folded by onnxruntime)
+    keep = [i for i in g.input if i.name in used and i.name not in inits]
     del g.input[:]
     g.input.extend(keep)
     for v in list(g.input[:1]) + list(g.output):
