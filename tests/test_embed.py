@@ -329,3 +329,37 @@ def test_bald_guys_cluster_into_four_people(shared_data):
 
     r = embed_accuracy.clustering(shared_data, "sface")
     assert r["faces"] >= 20 and r["clusters"] == 4, r
+
+
+def test_rejoined_track_folders_are_merged(tmp_path):
+    from facekit.face.crop import _rename_track_dirs
+
+    for tid, files in {0: ["000000_0.jpg"], 1: ["000001_0.jpg"], 2: ["000009_0.jpg"], 3: ["000002_0.jpg"]}.items():
+        d = tmp_path / f"track{tid:04d}"
+        d.mkdir()
+        for f in files:
+            (d / f).write_text(str(tid))
+    _rename_track_dirs(tmp_path, {0: 0, 1: 1, 2: 0, 3: 2})      # track 2 re-joined track 0
+    got = {d.name: sorted(f.name for f in d.iterdir()) for d in tmp_path.iterdir()}
+    assert got == {"track0000": ["000000_0.jpg", "000009_0.jpg"], "track0001": ["000001_0.jpg"],
+                   "track0002": ["000002_0.jpg"]}
+
+
+def test_cli_embed(clips, tmp_path):
+    from click.testing import CliRunner
+
+    from facekit.cli import main
+
+    r = CliRunner().invoke(main, ["embed", "--help"])
+    assert r.exit_code == 0 and "--embed-pool" in r.output and "--track-rejoin" in r.output
+    r = CliRunner().invoke(main, ["embed", str(clips["face"]), "-o", str(tmp_path / "x.h5"), "--embed", "clip"])
+    assert r.exit_code == 2 and "unknown backbone 'clip'" in r.output
+    r = CliRunner().invoke(main, ["crop", str(clips["face"]), "-o", str(tmp_path / "y.h5"), "--images",
+                                  str(tmp_path / "i"), "--track-videos", "--track-rejoin", "0.5"])
+    assert r.exit_code == 2 and "--track-videos" in r.output
+    out = tmp_path / "z.h5"
+    r = CliRunner().invoke(main, ["embed", str(clips["face"]), "-o", str(out), "--stages", "embed", "-q"])
+    assert r.exit_code == 0, r.output
+    with facekit.open(out) as st:
+        v = st[list(st)[0]]
+        assert "embed/sface" in v.faces.keys() and v.faces["embed/sface"].shape[1] == 128

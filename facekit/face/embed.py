@@ -306,7 +306,9 @@ class EmbedStage(stages.Stage):
 
     name = "embed"
     consumes = "frames"
-    requires = ("detect",)
+    # track: per-track pooling and re-joining need it, and a stored tracks/embed is only carried
+    # forward into a later run while the tracks it was pooled over are unchanged
+    requires = ("detect", "track")
     outputs = ("faces/embed", "tracks/embed")  # groups (carry-forward copies); see __init__
 
     def __init__(self, config):
