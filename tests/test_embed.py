@@ -285,6 +285,7 @@ def _gap_clip(shared_data, tmp_path, gap_frames=15):
     return d
 
 
+@pytest.mark.realdata
 def test_track_rejoin_joins_one_person_across_a_gap(shared_data, tmp_path):
     d = _gap_clip(shared_data, tmp_path)
     plain = tmp_path / "plain.h5"
@@ -307,6 +308,7 @@ def test_track_rejoin_joins_one_person_across_a_gap(shared_data, tmp_path):
     assert verify(str(joined))["ok"]
 
 
+@pytest.mark.realdata
 def test_deepface_pairs_auc(shared_data):
     """SFace on the deepface same/different pairs whose files are in shared data: ROC-AUC and
     accuracy at OpenCV's published threshold (figures in docs/accuracy.md)."""
@@ -320,6 +322,7 @@ def test_deepface_pairs_auc(shared_data):
     assert r["pairs"] >= 20 and r["auc"] >= 0.95 and r["accuracy"] >= 0.85, r
 
 
+@pytest.mark.realdata
 def test_bald_guys_cluster_into_four_people(shared_data):
     import sys
     from pathlib import Path
