@@ -13,7 +13,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test,docs,fan,ray,whisper,whisper-test]'
+	$(PY) -m pip install -q -e '.[test,docs,fan,ray,whisper,whisper-test,embed]'
 	# openai-whisper without its dependencies: it requires triton (hundreds of MB, used only by its
 	# GPU word-timestamp kernels); the encoder, log-Mel and decoder need only the [whisper] extra
 	$(PY) -m pip install -q --no-deps 'openai-whisper>=20240930'
@@ -24,6 +24,9 @@ $(STAMP): setup.cfg pyproject.toml
 	# face_parsing modules): without its dependencies (torchvision, timm, matplotlib, opencv-python...,
 	# none of them used by those modules); validators is the one they import that is missing
 	$(PY) -m pip install -q --no-deps 'pyfacer==0.0.5' 'validators>=0.20'
+	# reference implementations for the embedding parity tests (tests/test_embed.py), without their
+	# dependencies for the same reason (opencv-python); what they import is installed above
+	$(PY) -m pip install -q --no-deps 'insightface>=0.7' 'emotiefflib>=1.1'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -95,6 +95,18 @@ def run_options(f):
         click.option("--masks", is_flag=True,
                      help="With --images: also write each face's label mask beside its crop as a palette PNG "
                           "(<frame>_<face>_mask.png; adds the crop and parse stages)."),
+        click.option("--embed", "embed", default=_D.embed, show_default=True, metavar="NAME[,NAME...]",
+                     help="Backbones of stage embed: sface, arcface-r50, efficientnet-lite0, enet-b0-8-best-vgaf "
+                          "(faces/embed/<name>), e.g. --embed sface,efficientnet-lite0."),
+        click.option("--embed-dtype", type=click.Choice(["float32", "float16"]), default=_D.embed_dtype,
+                     show_default=True, help="Storage type of faces/embed/*."),
+        click.option("--embed-pool", type=click.Choice(["none", "track"]), default=_D.embed_pool, show_default=True,
+                     help="track: also store the mean embedding of each track (tracks/embed/<name>; adds stage track)."),
+        click.option("--embed-batch", type=click.IntRange(min=1), default=_D.embed_batch, show_default=True,
+                     help="Face crops per backbone call."),
+        click.option("--track-rejoin", type=click.FloatRange(-1, 1), default=None, metavar="COS",
+                     help="Merge tracks that never share a frame when their mean SFace embeddings have cosine > COS "
+                          "(e.g. 0.5; re-joins a person across gaps and cuts; adds stage track)."),
         click.option("--mel-n-mels", type=click.IntRange(min=1), default=_D.mel_n_mels, show_default=True,
                      help="log-Mel: number of mel bands."),
         click.option("--mel-n-fft", type=click.IntRange(min=16), default=_D.mel_n_fft, show_default=True,
@@ -265,6 +277,11 @@ _stage_command("parse", "Face parsing: a label mask per face in its aligned crop
       facekit parse videos/ -o feats.h5                          # landmarks68 regions, offline
       facekit parse videos/ -o feats.h5 --parser farl-lapa       # FaRL LaPa model (downloaded once)
       facekit crop videos/ -o feats.h5 --images crops/ --masks   # crops + <frame>_<face>_mask.png
+""")
+_stage_command("embed", "Frozen-backbone embeddings of aligned face crops (faces/embed/<name>).", """
+      facekit embed videos/ -o feats.h5                                  # 128-d SFace identity embeddings
+      facekit embed videos/ -o feats.h5 --embed sface,efficientnet-lite0 --embed-dtype float16
+      facekit embed videos/ -o feats.h5 --embed-pool track --track-rejoin 0.5
 """)
 _stage_command("audio", "Compute audio features (log-Mel; Whisper encoder with --stages whisper) of every input.", """
       facekit audio videos/ -o audio.h5

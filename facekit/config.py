@@ -18,6 +18,7 @@ DEFAULT_STAGES = {
     "align": ["detect", "track", "landmarks", "align"],
     "crop": ["detect", "track", "landmarks", "align", "crop"],
     "parse": ["detect", "track", "landmarks", "align", "parse"],
+    "embed": ["detect", "track", "landmarks", "align", "embed"],
     "audio": ["mel"],
 }
 
@@ -58,6 +59,12 @@ class Config:
     # face parsing
     parser: str = "landmarks68"  # "landmarks68" (embedded), "farl-lapa", "farl-celebm" (download)
     masks: bool = False  # with `images`: also write each face's mask as a palette PNG (adds crop, parse)
+    # embeddings (stage embed) and identity re-joining of tracks
+    embed: str = "sface"  # comma-separated backbones (facekit.face.embed.BACKBONES)
+    embed_dtype: str = "float32"  # "float32" or "float16" for faces/embed/*
+    embed_pool: str = "none"  # "none" or "track": also tracks/embed/<model> (mean per track)
+    embed_batch: int = 32  # crops per model call
+    track_rejoin: float | None = None  # merge tracks whose mean sface embeddings have cosine > this
     # log-Mel
     mel_n_mels: int = 80
     mel_n_fft: int = 400  # samples (25 ms at 16 kHz)

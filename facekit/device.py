@@ -235,10 +235,12 @@ def ort_session(path, device="cpu", gpu: int | None = None, options=None):
     import onnxruntime as ort
 
     providers = ort_providers(device, gpu)
-    sess = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    model = bytes(path) if isinstance(path, (bytes, bytearray)) else str(path)  # a file or a serialised model
+    sess = ort.InferenceSession(model, sess_options=options, providers=providers)
     if providers[0] != ORT_CPU and ORT_CUDA not in sess.get_providers():
         dev = device if isinstance(device, str) else device.device
-        raise DeviceError(f"--device {dev}: onnxruntime created the session for {path} on the CPU "
+        what = "the model" if isinstance(path, (bytes, bytearray)) else path
+        raise DeviceError(f"--device {dev}: onnxruntime created the session for {what} on the CPU "
                           f"(providers: {', '.join(sess.get_providers())}): the CUDA provider failed to load, "
                           f"check the CUDA and cuDNN libraries onnxruntime-gpu {ort.__version__} needs")
     return sess

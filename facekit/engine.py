@@ -503,8 +503,9 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
         avail = set(stages_mod.available())
         names = [s for s in DEFAULT_STAGES["extract"] if s in avail]
     names = names.split(",") if isinstance(names, str) else list(names)
-    if cfg.max_faces or cfg.primary or cfg.smooth:
-        names.append("track")  # face selection and smoothing need tracks
+    if cfg.max_faces or cfg.primary or cfg.smooth or cfg.track_rejoin is not None \
+            or (cfg.embed_pool == "track" and "embed" in names):
+        names.append("track")  # face selection, smoothing, re-joining and pooling need tracks
     if cfg.masks:
         names += ["crop", "parse"]  # mask PNGs are written beside the crop images
     cfg.stages = stages_mod.resolve(names)

@@ -73,6 +73,7 @@ def register(cls: type[Stage]) -> type[Stage]:
 def load_builtin() -> None:
     from .face import crop, detect, landmarks, pose, tracking  # noqa: F401  (register their stages)
     from .face import parse  # noqa: F401  (registers "parse")
+    from .face import embed  # noqa: F401  (registers "embed")
     from .audio import mel  # noqa: F401  (registers "mel")
     from .audio import vggish  # noqa: F401  (registers "vggish")
     from .audio import whisper  # noqa: F401  (registers "whisper")

@@ -680,7 +680,12 @@ class Faces:
         self._offsets = None
 
     def keys(self):
-        return [] if self.group is None else [k for k, v in self.group.items() if isinstance(v, h5py.Dataset)]
+        """Names of the stored face arrays, nested ones as paths (``embed/sface``)."""
+        if self.group is None:
+            return []
+        out = []
+        self.group.visititems(lambda k, v: out.append(k) if isinstance(v, h5py.Dataset) else None)
+        return out
 
     def __getitem__(self, name: str) -> np.ndarray:
         if self.group is None or name not in self.group:

@@ -42,6 +42,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "pose": ("frames/t", "frames/index", "faces/pose"),
     "crop": ("frames/t", "frames/index", "faces/crop"),
     "parse": ("frames/t", "frames/index", "faces/parsing"),
+    "embed": ("frames/t", "frames/index", "faces/embed/"),
     "mel": ("audio/mel/data", "audio/mel/t"),
     "vggish": ("audio/vggish/data", "audio/vggish/t"),
 }
@@ -233,6 +234,16 @@ def _check_video(g, attrs: dict, read_data: bool, h5py) -> list[str]:
                 isinstance(g.get(path), h5py.Dataset)
             if not there:
                 missing.setdefault(path, stage)
+        if stage == "embed" and isinstance(p, dict):  # one dataset per backbone (and per-track means)
+            for m in p.get("models") or {}:
+                if not isinstance(g.get(f"faces/embed/{m}"), h5py.Dataset):
+                    missing.setdefault(f"faces/embed/{m}", stage)
+                if p.get("pool") == "track":
+                    ds, ids = g.get(f"tracks/embed/{m}"), g.get("tracks/id")
+                    if not isinstance(ds, h5py.Dataset):
+                        missing.setdefault(f"tracks/embed/{m}", stage)
+                    elif isinstance(ids, h5py.Dataset) and _rows(ds) != _rows(ids):
+                        out.append(f"tracks/embed/{m} has {_rows(ds)} rows, tracks/id {_rows(ids)}")
     for path, stage in missing.items():
         what = f"group {path}" if path.endswith("/") else f"dataset {path}"
         out.append(f"stage {stage}: {what} is missing")

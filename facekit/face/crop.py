@@ -165,6 +165,10 @@ class CropStage(stages.Stage):
     def end(self, writer) -> None:
         if self._videos is not None:
             self._videos.close()
+        # --track-rejoin merged tracks after their crops were written: move the files to the new ids
+        mapping = getattr(writer, "rejoined", None)
+        if self._dir is not None and mapping and self._dir.is_dir():
+            _rename_track_dirs(self._dir, mapping)
         # --max-faces/--primary dropped whole tracks after their crops were written: remove their files
         if self._dir is not None and writer.filtered and self._dir.is_dir():
             import shutil
@@ -190,6 +194,22 @@ def crop_image_paths(folder: Path, faces: dict, ext: str, suffix: str = "") -> l
         sub = f"track{int(tracks[k]):04d}" if tracks is not None else "faces"
         out.append(folder / sub / f"{int(faces['frame'][k]):06d}_{j_in_frame[k]}{suffix}.{ext}")
     return out
+def _rename_track_dirs(folder: Path, mapping: dict) -> None:
+    """Rename ``track<old>`` folders to ``track<new>`` (``mapping`` old id -> new id), merging the
+    files of re-joined tracks (they never share a frame, so file names never clash)."""
+    staged = []
+    for old, new in mapping.items():
+        d = folder / f"track{int(old):04d}"
+        if d.is_dir():
+            tmp = folder / f".rejoin{int(old):04d}.{os.getpid()}"
+            d.rename(tmp)
+            staged.append((tmp, int(new)))
+    for tmp, new in staged:
+        dest = folder / f"track{new:04d}"
+        dest.mkdir(exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, dest / f.name)
+        tmp.rmdir()
 
 
 class _TrackVideos:

@@ -59,6 +59,7 @@ EMB_THRESHOLD = 0.2     # min cosine(track embedding, detection embedding) to as
 EMB_WEIGHT = 1.0        # weight of (1 - cosine) next to (1 - IoU) in the assignment cost
 EMB_MOMENTUM = 0.9      # track embedding = normalise(m * track + (1 - m) * detection)
 VEL_SMOOTH = 0.5        # velocity = a * observed + (1 - a) * previous (pixels/s, exponential smoothing)
+REJOIN_MODEL = "sface"  # identity embeddings of the track stage's --track-rejoin
 REJOIN_THRESHOLD = 0.5  # min cosine of mean embeddings to merge two tracks (strict: a wrong merge
                         # mixes two identities, a missed one only leaves an extra id)
 PRIMARY_RULE = ("score = n_frames * mean_size * (1 - 0.5 * mean_center_dist); primary = argmax "
@@ -301,14 +302,28 @@ def rejoin_tracks(track_ids, frames, embeddings, threshold: float = REJOIN_THRES
     ... in order of first appearance.
     """
     track_ids = np.asarray(track_ids, np.int64)
-    frames = np.asarray(frames, np.int64)
     if not len(track_ids):
         return track_ids.copy()
     uniq, inv = np.unique(track_ids, return_inverse=True)
-    T = len(uniq)
     emb = _normalise(np.asarray(embeddings, np.float64).reshape(len(track_ids), -1))
-    sums = np.zeros((T, emb.shape[1]))
+    sums = np.zeros((len(uniq), emb.shape[1]))
     np.add.at(sums, inv, emb)
+    return rejoin_from_sums(track_ids, frames, uniq, sums, threshold, shots)
+
+
+def rejoin_from_sums(track_ids, frames, uniq, sums, threshold: float = REJOIN_THRESHOLD,
+                     shots=None) -> np.ndarray:
+    """``rejoin_tracks`` from per-track sums of unit embeddings (what a streaming pass keeps):
+    ``uniq`` [T] the sorted distinct ids of ``track_ids``, ``sums`` [T,D] their sums. Returns new
+    ids [N] int64 (same rules and numbering as ``rejoin_tracks``)."""
+    track_ids = np.asarray(track_ids, np.int64)
+    frames = np.asarray(frames, np.int64)
+    if not len(track_ids):
+        return track_ids.copy()
+    uniq = np.asarray(uniq, np.int64)
+    inv = np.searchsorted(uniq, track_ids)
+    T = len(uniq)
+    sums = np.array(sums, np.float64).reshape(T, -1)
     # co-occurrence: tracks seen in the same frame (or in different shots) can never merge
     fr_u, fr_inv = np.unique(frames, return_inverse=True)
     occ = csr_matrix((np.ones(len(inv)), (inv, fr_inv)), shape=(T, len(fr_u)))   # track x frame
@@ -343,6 +358,39 @@ def rejoin_tracks(track_ids, frames, embeddings, threshold: float = REJOIN_THRES
     rank = np.empty(len(first), np.int64)
     rank[np.argsort(first)] = np.arange(len(first))
     return rank[np.searchsorted(np.unique(new), new)]
+
+
+def merge_summary(summary: dict, new_id: np.ndarray, min_track_len: int = MIN_TRACK_LEN) -> dict:
+    """The ``Tracker.summary`` table after re-joining: ``new_id`` [T] gives the new id of each row
+    of ``summary``. Merged rows: first/last frame and time = min/max, n_frames summed, mean_* =
+    n_frames-weighted means, shot = the shot of the earliest member; score and primary recomputed
+    (PRIMARY_RULE). Rows sorted by new id."""
+    new_id = np.asarray(new_id, np.int64)
+    ids = np.unique(new_id)
+    inv = np.searchsorted(ids, new_id)
+    T = len(ids)
+    n = np.asarray(summary["n_frames"], np.float64)
+    out = {"id": ids}
+    for k, fn in (("first_frame", np.minimum), ("first_t", np.minimum), ("last_frame", np.maximum),
+                  ("last_t", np.maximum)):
+        v = np.asarray(summary[k])
+        acc = np.full(T, np.inf if fn is np.minimum else -np.inf)
+        fn.at(acc, inv, v.astype(np.float64))
+        out[k] = acc.astype(v.dtype)
+    out["n_frames"] = np.bincount(inv, weights=n, minlength=T).astype(np.int64)
+    for k in ("mean_size", "mean_center_dist", "mean_score"):
+        w = np.bincount(inv, weights=np.asarray(summary[k], np.float64) * n, minlength=T)
+        out[k] = w / np.maximum(out["n_frames"], 1)
+    first_row = np.full(T, -1)
+    for r in np.argsort(np.asarray(summary["first_frame"]), kind="stable")[::-1]:
+        first_row[inv[r]] = r
+    out["shot"] = np.asarray(summary["shot"], np.int64)[first_row]
+    out["score"] = primary_score(out["n_frames"], out["mean_size"], out["mean_center_dist"], min_track_len)
+    primary = np.zeros(T, bool)
+    if T and out["score"].max() > 0:
+        primary[int(np.argmax(out["score"]))] = True
+    out["primary"] = primary
+    return {k: out[k] for k in summary}
 
 
 class CutDetector:
@@ -440,6 +488,19 @@ class TrackStage(stages.Stage):
     requires = ("detect",)
     outputs = ("faces/track", "frames/shot", "tracks")
 
+    def __init__(self, config):
+        super().__init__(config)
+        self._rejoin = None
+        if config.track_rejoin is not None:
+            if not -1.0 <= float(config.track_rejoin) <= 1.0:
+                raise stages.StageError(f"--track-rejoin {config.track_rejoin}: a cosine, between -1 and 1")
+            if config.track_videos:
+                raise stages.StageError("--track-rejoin cannot be combined with --track-videos "
+                                        "(the per-track videos are written before tracks are re-joined)")
+            from . import embed
+
+            self._rejoin = embed.load(REJOIN_MODEL, config.weights, config.embed_batch)
+
     def _max_gap(self) -> float:
         """--track-max-gap, but never less than 2.5 sampling periods (sparse --fps sampling)."""
         c = self.config
@@ -450,9 +511,14 @@ class TrackStage(stages.Stage):
         c = self.config
         return {"iou_threshold": IOU_THRESHOLD, "max_gap_sec": self._max_gap(), "cut_threshold": CUT_THRESHOLD,
                 "max_faces": c.max_faces, "primary": c.primary, "per_shot": c.per_shot,
-                "primary_rule": PRIMARY_RULE}
+                "primary_rule": PRIMARY_RULE,
+                # only when asked for: stores made without it keep their params (and resume)
+                **({"rejoin": {"threshold": float(c.track_rejoin), "model": REJOIN_MODEL,
+                               "weights_sha256": self._rejoin.weights.sha256, "across_cuts": True}}
+                   if self._rejoin is not None else {})}
 
     def begin(self, writer, info) -> None:
+        self._sums: dict[int, np.ndarray] = {}  # track id -> sum of unit SFace embeddings (--track-rejoin)
         self._tracker = Tracker(max_gap_sec=self._max_gap(), image_size=(info.width, info.height))
         self._cuts = CutDetector()
         self._shot = 0
@@ -472,6 +538,14 @@ class TrackStage(stages.Stage):
             rows = np.flatnonzero(f["frame"] == row0 + i)
             ids[rows] = self._tracker.update(float(t), f["box"][rows], f["score"][rows], f["kps5"][rows], cut=cut)
         f["track"] = ids
+        if self._rejoin is not None and len(ids):
+            from . import embed
+
+            e = embed.embed_faces(self._rejoin, batch.rgb, np.asarray(f["frame"]) - row0, f["kps5"], batch.scale)
+            f[f"embed/{REJOIN_MODEL}"] = e   # the embed stage reuses it
+            for tid, u in zip(ids.tolist(), _normalise(e)):
+                acc = self._sums.get(tid)
+                self._sums[tid] = u if acc is None else acc + u
         writer.append("faces/track", ids)
         writer.append("frames/shot", shots)
 
@@ -479,6 +553,15 @@ class TrackStage(stages.Stage):
         c = self.config
         summary = self._tracker.summary()
         track_ids = writer.group["faces/track"][()]
+        if self._rejoin is not None and len(track_ids):
+            uniq = np.array(sorted(self._sums), np.int64)
+            new = rejoin_from_sums(track_ids, writer.group["faces/frame"][()], uniq,
+                                   np.stack([self._sums[t] for t in uniq]), float(c.track_rejoin))
+            mapping = dict(zip(track_ids.tolist(), new.tolist()))
+            summary = merge_summary(summary, np.array([mapping[t] for t in summary["id"].tolist()]))
+            writer.group["faces/track"][...] = new
+            writer.rejoined = mapping   # old id -> new id (the crop stage renames its track folders)
+            track_ids = new
         filtering = bool(c.max_faces or c.primary)
         kept_tracks = summary["id"]
         if filtering:
