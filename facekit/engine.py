@@ -169,7 +169,66 @@ def _copy_outputs(src_path: str, key: str, writer: store.VideoWriter, paths) -> 
             g.copy(g[p], dest, name=name)
 
 
-def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_frames=None) -> Result:
+def _finished(unit: Unit, config: Config, shard: Path, stamp: dict, params: dict):
+    """``(old attrs, old is done, Result "skipped" or None)``: is this video finished with these params?"""
+    old, old_key = (None, None) if config.overwrite else _old_video(shard)
+    same_source = bool(old) and old_key == unit.key and all(old.get(k) == v for k, v in stamp.items())
+    old_done = bool(old) and old.get("status") == store.STATUS_DONE and same_source
+    if old_done and _filter_of_attrs(old) == _filter_of(config):
+        old_params = old.get("stage_params") or {}
+        if all(old_params.get(n) == p for n, p in params.items()):
+            return old, old_done, Result(unit.key, unit.path, "skipped", n_frames=int(old.get("n_frames", 0)),
+                                         n_faces=int(old.get("n_faces", 0)))
+    return old, old_done, None
+
+
+#: Cross-video batching of audio stages that can (``precompute_audio``, e.g. whisper): the audio of
+#: up to this many consecutive videos, and this many seconds in all, is decoded and encoded together
+AUDIO_GROUP_VIDEOS = 64
+AUDIO_GROUP_SEC = 600.0
+
+
+def _precompute_audio(group, pipe, config: Config, out: str, cache: dict) -> None:
+    """Decode the audio of the videos of ``group`` that will be computed and hand the tracks to the
+    stages with ``precompute_audio`` (one batched pass); ``cache`` keeps (samples, start, warnings)
+    per path so that ``process_unit`` does not decode them again. Any problem: left to process_unit."""
+    batchers = [s for s in pipe if hasattr(s, "precompute_audio")]
+    tracks = []
+    for u in group:
+        try:
+            params = _stage_params(pipe, config, u)
+            shard = store.shards_dir(out) / store.shard_name(u.key)
+            if _finished(u, config, shard, _source_stamp(u), params)[2] is not None:
+                continue
+            w: list[str] = []
+            samples, start = read_audio(u.path, warnings=w)
+        except Exception:  # noqa: BLE001 - no audio, unreadable...: process_unit reports it
+            continue
+        cache[u.path] = (samples, start, w)
+        tracks.append(samples)
+    for s in batchers:
+        s.precompute_audio(tracks)
+
+
+def _audio_groups(order, pipe):
+    """Consecutive groups of units for ``_precompute_audio`` (singletons when no stage batches)."""
+    if not any(hasattr(s, "precompute_audio") for s in pipe):
+        for u in order:
+            yield [u]
+        return
+    group, sec = [], 0.0
+    for u in order:
+        group.append(u)
+        sec += max(u.size, 0) / 16000.0 / 2  # a cheap bound: ~2 bytes a sample or more in any file
+        if len(group) >= AUDIO_GROUP_VIDEOS or sec >= AUDIO_GROUP_SEC:
+            yield group
+            group, sec = [], 0.0
+    if group:
+        yield group
+
+
+def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_frames=None,
+                 audio_cache: dict | None = None) -> Result:
     """Run the pipeline on one video and commit its shard (or record its failure).
 
     on_frames: called as ``on_frames(n_new_frames, info)`` after every batch (progress bars).
@@ -180,15 +239,9 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_f
     stamp = _source_stamp(unit)
     params = _stage_params(pipe, config, unit)
 
-    old, old_key = (None, None) if config.overwrite else _old_video(shard)
-    same_source = bool(old) and old_key == unit.key and all(old.get(k) == v for k, v in stamp.items())
-    old_done = bool(old) and old.get("status") == store.STATUS_DONE and same_source
-    want_filter = _filter_of(config)
-    if old_done and _filter_of_attrs(old) == want_filter:
-        old_params = old.get("stage_params") or {}
-        if all(old_params.get(n) == p for n, p in params.items()):
-            return Result(unit.key, unit.path, "skipped", n_frames=int(old.get("n_frames", 0)),
-                          n_faces=int(old.get("n_faces", 0)))
+    old, old_done, skip = _finished(unit, config, shard, stamp, params)
+    if skip is not None:
+        return skip
 
     # earlier results we may reuse: a store given as input, or this store's finished shard
     reuse_src, reuse_params = None, {}
@@ -262,7 +315,11 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_f
                 _copy_outputs(reuse_src, unit.key, writer, [p for s in audio_stages if s.name in reused for p in s.outputs])
             if todo:
                 if info.has_audio:
-                    samples, start_sec = read_audio(unit.path, warnings=warnings)
+                    if audio_cache and unit.path in audio_cache:  # decoded for a cross-video batch
+                        samples, start_sec, w = audio_cache.pop(unit.path)
+                        warnings.extend(w)
+                    else:
+                        samples, start_sec = read_audio(unit.path, warnings=warnings)
                     for s in todo:
                         s.on_audio(samples, start_sec, writer)
                 else:
@@ -603,11 +660,18 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
 
             run_ray(order, cfg, out, debug, handle, lambda: bool(stopped))
         elif n_procs <= 1 or len(order) <= 1:
-            for u in order:
-                if not fbar.disable:  # (the guess costs a probe)
-                    fbar.reset(total=_expected_frames(u, cfg))
-                    fbar.set_description_str(u.key[-30:], refresh=False)
-                handle(process_unit(u, cfg, out, debug, on_frames=lambda n, info: fbar.update(n)))
+            for group in _audio_groups(order, pipe):
+                audio_cache: dict = {}
+                if len(group) > 1:
+                    _precompute_audio(group, pipe, cfg, out, audio_cache)
+                for u in group:
+                    if not fbar.disable:  # (the guess costs a probe)
+                        fbar.reset(total=_expected_frames(u, cfg))
+                        fbar.set_description_str(u.key[-30:], refresh=False)
+                    handle(process_unit(u, cfg, out, debug, on_frames=lambda n, info: fbar.update(n),
+                                        audio_cache=audio_cache))
+                    if stopped:
+                        break
                 if stopped:
                     break
         else:

@@ -195,6 +195,44 @@ def test_stitching_through_the_engine(ckpts, shared_data, tmp_path):
         assert w.t[0] == 0.0 and abs(w.t[-1] - 60.98) < 1e-9
 
 
+def test_short_clips_share_encoder_calls_across_videos(ckpts, reference, shared_data, tmp_path, monkeypatch):
+    """Six 2-5 s wavs in one run: their windows go through the encoder in shared batches (one
+    precompute pass per group), and each video's features equal openai-whisper run on it alone."""
+    import mediagen
+
+    jfk, _ = _jfk(shared_data)
+    files = []
+    for i, sec in enumerate([2.0, 3.5, 5.0, 2.5, 4.0, 3.0]):
+        x = jfk[int(i * 8000): int(i * 8000 + sec * 16000)]
+        files.append(mediagen.write_wav(tmp_path / f"c{i}.wav", np.round(x * 32767).astype(np.int16), rate=16000))
+    calls = []
+    real = fw.WhisperStage.encode_many
+
+    def spy(self, tracks):
+        calls.append(len(tracks))
+        return real(self, tracks)
+
+    monkeypatch.setattr(fw.WhisperStage, "encode_many", spy)
+    out = tmp_path / "w.h5"
+    s = facekit.extract([str(f) for f in files], out, progress=False, stages="whisper", whisper_model="tiny.en",
+                        whisper_batch_size=4, weights={"whisper-tiny.en": str(ckpts("tiny.en"))})
+    assert s.ok and len(s.processed) == 6, s.failed
+    assert calls == [6]  # one pass over the 6 tracks (2 encoder calls of <= 4 windows), none per video
+    m = reference("tiny.en")
+    with facekit.open(out) as st:
+        for f in files:
+            samples, _ = facekit.read_audio(f)
+            got = st[f.name].audio["whisper"].data
+            want = _ref_window(m, samples)[: math.ceil(samples.size / 320)]
+            assert got.shape == want.shape
+            assert np.abs(got - want).max() <= 1e-4
+    # a re-run skips every video without decoding or encoding anything
+    calls.clear()
+    s2 = facekit.extract([str(f) for f in files], out, progress=False, stages="whisper", whisper_model="tiny.en",
+                         whisper_batch_size=4, weights={"whisper-tiny.en": str(ckpts("tiny.en"))})
+    assert len(s2.skipped) == 6 and calls in ([], [0])
+
+
 # ------------------------------------------------------------------ layers
 
 

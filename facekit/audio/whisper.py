@@ -157,6 +157,13 @@ def load_encoder(path, device=None):
     return enc, dims
 
 
+def _digest(samples: np.ndarray) -> bytes:
+    """Identity of a track's samples (its length and bytes), to find its precomputed features."""
+    import hashlib
+
+    return hashlib.blake2b(samples.tobytes(), digest_size=20, person=str(samples.size).encode()[:16]).digest()
+
+
 def hidden_states(encoder, mel, layers: list[int]):
     """Mean of the requested hidden states of ``encoder`` for ``mel`` [B, n_mels, 3000] -> [B, 1500, D].
 
@@ -205,6 +212,7 @@ class WhisperStage(stages.Stage):
         if int(c.whisper_batch_size) < 1:
             raise stages.StageError(f"whisper: --whisper-batch-size must be >= 1, not {c.whisper_batch_size}")
         self.batch = int(c.whisper_batch_size)
+        self._precomputed: dict[bytes, np.ndarray] = {}  # digest of a track's samples -> its features
         try:
             import torch  # noqa: F401
             import whisper.audio  # noqa: F401  (openai-whisper: the reference log-Mel and model code)
@@ -245,29 +253,47 @@ class WhisperStage(stages.Stage):
                 "t": "frame centre, seconds (start + 0.02 i)"}
 
     def encode(self, samples: np.ndarray) -> np.ndarray:
-        """Features [T, D] float32 of mono 16 kHz float32 ``samples`` [S]; T = ceil(S / 320)."""
+        """Features [T, D] float32 of mono 16 kHz float32 ``samples`` [S]; T = ceil(S / 320).
+
+        Served from the cross-video batch of ``precompute_audio`` when these very samples were in it."""
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        hit = self._precomputed.pop(_digest(samples), None)
+        return hit if hit is not None else self.encode_many([samples])[0]
+
+    def encode_many(self, tracks) -> list[np.ndarray]:
+        """``encode`` of several tracks, their 30 s windows batched together (``--whisper-batch-size``
+        windows per encoder call, across tracks): short clips share encoder calls."""
         import torch
         from whisper.audio import log_mel_spectrogram, pad_or_trim
 
-        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
-        n_windows = math.ceil(samples.size / WINDOW_SAMPLES)
-        out = np.zeros((n_frames(samples.size), self.dims.n_audio_state), np.float32)
+        tracks = [np.asarray(x, dtype=np.float32).reshape(-1) for x in tracks]
+        outs = [np.zeros((n_frames(x.size), self.dims.n_audio_state), np.float32) for x in tracks]
+        windows = [(i, k) for i, x in enumerate(tracks) for k in range(math.ceil(x.size / WINDOW_SAMPLES))]
         dtype = torch.float16 if self.half else torch.float32
         exact = contextlib.nullcontext()
         if self.device.type == "cuda" and not self.half:  # --whisper-fp32: no TF32 rounding either
             exact = torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False)
         with torch.inference_mode(), exact:
-            for b0 in range(0, n_windows, self.batch):
-                ks = range(b0, min(b0 + self.batch, n_windows))
+            for b0 in range(0, len(windows), self.batch):
+                part = windows[b0:b0 + self.batch]
                 mels = [log_mel_spectrogram(pad_or_trim(torch.from_numpy(
-                            samples[k * WINDOW_SAMPLES:(k + 1) * WINDOW_SAMPLES])), self.dims.n_mels,
-                            device=self.device) for k in ks]
+                            tracks[i][k * WINDOW_SAMPLES:(k + 1) * WINDOW_SAMPLES])), self.dims.n_mels,
+                            device=self.device) for i, k in part]
                 h = hidden_states(self.encoder, torch.stack(mels).to(dtype), self.layers).cpu().numpy()
-                for j, k in enumerate(ks):
+                for j, (i, k) in enumerate(part):
                     f0 = k * WINDOW_FRAMES
-                    keep = min(WINDOW_FRAMES, len(out) - f0)
-                    out[f0:f0 + keep] = h[j, :keep]
-        return out
+                    keep = min(WINDOW_FRAMES, len(outs[i]) - f0)
+                    outs[i][f0:f0 + keep] = h[j, :keep]
+        return outs
+
+    def precompute_audio(self, tracks) -> None:
+        """Encode the tracks of the next few videos together (the engine calls this before
+        processing them one by one); ``on_audio`` then takes each video's features from here.
+        Holds only the last group's results."""
+        tracks = [np.asarray(x, dtype=np.float32).reshape(-1) for x in tracks]
+        self._precomputed = {}
+        if tracks:
+            self._precomputed = {_digest(x): y for x, y in zip(tracks, self.encode_many(tracks))}
 
     def on_audio(self, samples, start_sec: float, writer) -> None:
         if samples is None:
