@@ -493,13 +493,16 @@ def test_checkpoint_with_pickled_code_stops_the_run_cleanly(clips, tmp_path):
 
 
 def test_no_code_loading_calls_in_the_package():
-    """Nothing in facekit unpickles arbitrary objects or loads TorchScript."""
+    """Nothing in facekit unpickles arbitrary objects; TorchScript is loaded in one place only (the
+    FaRL parsers, published only as TorchScript: its operators, not arbitrary Python)."""
     src = Path(facekit.__file__).parent
     bad = re.compile(r"weights_only\s*=\s*False|torch\.jit\.load|pickle\.loads?\(|dill\.|cloudpickle")
     hits = [f"{p.relative_to(src)}:{i}" for p in src.rglob("*.py")
             for i, line in enumerate(p.read_text().splitlines(), 1)
             if bad.search(line) or ("torch.load(" in line and "weights_only=True" not in line)]
-    assert hits == []
+    jit = [h for h in hits if h.startswith("face/farl.py:")]
+    assert len(jit) == 1 and "torch.jit.load" in (src / "face/farl.py").read_text().splitlines()[int(jit[0].split(":")[1]) - 1]
+    assert [h for h in hits if h not in jit] == []
 
 
 def test_hdf5_names_with_dotdot_stay_inside_the_file(tmp_path):
