@@ -212,6 +212,10 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_f
                     break
                 continue
             reused.add(st.name)
+        # stages computed together (keyframe detection hands its landmarks on): all or none
+        if any(r in params and r not in reused for st in pipe if st.name in reused
+               for r in getattr(st, "reuse_with", ())):
+            reused = {n for n in reused if pipe_consumes(pipe, n) != "frames"}
 
     warnings: list[str] = []
     attrs: dict = {"key": unit.key, "source_path": unit.path, "source_kind": unit.kind, **stamp,
