@@ -382,9 +382,10 @@ class _Replay:
     def on_frames(self, batch, row0: int, writer) -> None:
         a, b = np.searchsorted(self._frame, [row0, row0 + len(batch.t_sec)])
         for path in self.stage.outputs:
+            # (an output the earlier version did not write, e.g. faces/source, stays absent)
             if path.startswith("faces/") and path in self._old:
                 batch.faces[path[len("faces/"):]] = self._old[path][a:b]
-        self.stage.write_faces(writer, batch)
+                writer.append(path, batch.faces[path[len("faces/"):]])
 
     def end(self, writer) -> None:
         other = [p for p in self.stage.outputs if not p.startswith("faces/")]

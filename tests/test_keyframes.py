@@ -65,7 +65,9 @@ def test_followed_faces_close_to_detected(moving, tmp_path):
     assert np.array_equal(got["score"][fol], np.repeat(ref["score"][::6], 5)[:fol.sum()])
     with facekit.open(tmp_path / "k.h5") as st:
         g = st[next(iter(st))].group
-        assert g["faces/source"].attrs["detect_every"] == 6
+        a = store.attrs_dict(g["faces/source"])
+        assert a["detect_every"] == 6 and (a["detected_frames"], a["followed_frames"]) == (4, 20)
+        assert a["extra_keyframes"] == {}
         assert store.attrs_dict(g)["stage_params"]["detect"]["detect_every"] == 6
 
 
@@ -108,6 +110,9 @@ def test_lost_face_is_redetected(tmp_path):
     assert got["frame"].tolist() == list(range(16))          # gone from the store once it is gone
     assert np.diag(iou_matrix(ref["box"], got["box"])).min() > 0.85
     assert got["source"].sum() >= 12                         # the other frames were followed
+    with facekit.open(tmp_path / "k.h5") as st:
+        reasons = store.attrs_dict(st[next(iter(st))].group["faces/source"])["extra_keyframes"]
+    assert reasons.get("appearance", 0) + reasons.get("moved", 0) + reasons.get("shape", 0) >= 1
 
 
 def test_params_change_recomputes_and_reuse_is_exact(moving, tmp_path):
@@ -181,3 +186,22 @@ def test_real_grid_clip_matches_every_frame(shared_data, tmp_path):
     assert nme.mean() < 0.015 and nme.max() < 0.04
     with facekit.open(tmp_path / "k.h5") as st:
         assert len(st[next(iter(st))].group["tracks/id"]) == 1
+
+
+def test_stores_without_faces_source_are_still_reused(moving, tmp_path):
+    """A store written before faces/source existed: its detections are reused as they are."""
+    import h5py
+
+    clip, ref = moving
+    out = tmp_path / "old.h5"
+    _run(clip, out, 1, "detect")
+    shard = next((tmp_path / "old.h5.d").glob("*.h5"))
+    with h5py.File(shard, "r+") as f:
+        g = f["videos"][next(iter(store._iter_video_keys(f["videos"])))]
+        del g["faces/source"]
+    s = _run(clip, out, 1, "landmarks")
+    assert s.results[0].status == "done"
+    with facekit.open(out) as st:
+        g = st[next(iter(st))].group
+        assert "faces/source" not in g
+        assert np.array_equal(g["faces/landmarks"][()], ref["landmarks"])

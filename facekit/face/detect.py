@@ -45,8 +45,8 @@ class DetectStage(stages.Stage):
     def __init__(self, config):
         super().__init__(config)
         self.every = int(config.detect_every)
-        if self.every < 1:
-            raise stages.StageError(f"--detect-every {config.detect_every}: must be >= 1")
+        if self.every < 1 or self.every != config.detect_every:
+            raise stages.StageError(f"--detect-every {config.detect_every}: must be a whole number >= 1")
         self.detector = load_detector(config.detector, config.weights, config.det_threshold, config.det_nms)
         self.landmarker = None
         #: stages whose stored outputs were computed together with this one's: reused only together
@@ -96,6 +96,15 @@ class DetectStage(stages.Stage):
 
             self._follower = None  # made at the first batch (needs the batch scale)
             self._cuts = CutDetector()
+
+    def end(self, writer) -> None:
+        fol = getattr(self, "_follower", None) if self.every > 1 else None
+        if fol is not None:  # how the frames were processed, and why frames off the N grid were keyframes
+            from ..store import set_attrs
+
+            set_attrs(writer.group["faces/source"], {
+                "detected_frames": fol.n_detected, "followed_frames": fol.n_followed,
+                "extra_keyframes": dict(sorted(fol.reasons.items()))})
 
     def _detect(self, rgb, scale: float):
         """Faces of one processed frame: boxes [n,4], scores [n], kps5 [n,5,2] in display pixels."""
