@@ -68,10 +68,10 @@ def test_followed_faces_close_to_detected(moving, tmp_path):
         a = store.attrs_dict(g["faces/source"])
         assert a["detect_every"] == 6 and (a["detected_frames"], a["followed_frames"]) == (4, 20)
         assert a["extra_keyframes"] == {}
+        assert store.attrs_dict(g)["stage_params"]["detect"]["detect_every"] == 6
     from facekit.verify import verify
 
     assert verify(tmp_path / "k.h5")["problems"] == []
-        assert store.attrs_dict(g)["stage_params"]["detect"]["detect_every"] == 6
 
 
 def test_cut_forces_detection(tmp_path):
