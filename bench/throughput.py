@@ -1,19 +1,30 @@
-"""Throughput of `facekit extract` against the ceiling (decode alone) and a naive per-frame loop.
+"""Throughput of `facekit extract` against the ceiling (decode alone), a naive per-frame loop and deface.
 
-    python bench/throughput.py [CLIP ...] [--stages detect,track,landmarks,align,pose]
+    python bench/throughput.py [CLIP ...] [--stages detect,track,landmarks,align,pose] [--every 5]
+                               [--repeat 2]
 
-For each clip, in one run on the same machine:
-  decode  PyAV decoding every frame to RGB (what any pipeline must pay; the ceiling)
-  naive   a per-frame loop as a user would write it: cv2.VideoCapture -> YuNet -> dlib 68 points
-          (dlib's own box convention: the YuNet box) -> ArcFace 5-point similarity -> warpAffine
-  facekit `facekit.extract(..., stages=...)` into a fresh store (includes writing HDF5)
-Prints frames/s and the ratios. Default clip: shared/data/videos/hamilton_multiface.mp4.
+For each clip, in one run on the same machine, back to back:
+  decode   PyAV decoding every frame to RGB (what any pipeline must pay; the ceiling)
+  naive    a per-frame loop as a user would write it: cv2.VideoCapture -> YuNet -> dlib 68 points
+           (dlib's own box convention: the YuNet box) -> ArcFace 5-point similarity -> warpAffine
+  facekit  `facekit.extract(..., stages=...)` into a fresh store (includes writing HDF5), detector on
+           every frame (--detect-every 1)
+  fk-N     the same with --detect-every N (keyframes; faces followed from landmarks in between)
+  deface   the `deface` CLI (CenterFace through onnxruntime, `--replacewith none`, which still
+           re-encodes the video) on the hamilton clip only, when installed
+           (`pip install --no-deps deface==1.5.0`: its other requirements are facekit's own, and
+           opencv-python-headless stands in for opencv-python)
+Prints frames/s (wall clock) and CPU milliseconds per frame (process + children: less sensitive to
+other jobs on a shared machine than the wall clock), and the ratios to the naive loop.
+Default clip: shared/data/videos/hamilton_multiface.mp4. ``--repeat 2`` measures everything twice.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import facekit  # noqa: E402
 from facekit import zoo  # noqa: E402
+
+
+def _cpu() -> float:
+    """CPU seconds used so far by this process and its finished children."""
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
 def decode_only(path: str) -> tuple[int, float]:
@@ -71,13 +90,38 @@ def naive_loop(path: str) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def facekit_run(path: str, stages: str) -> tuple[int, float]:
+def facekit_run(path: str, stages: str, every: int = 1) -> tuple[int, float, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        facekit.extract([path], Path(tmp) / "f.h5", stages=stages, progress=False)  # warm-up: models, JIT
+        facekit.extract([path], Path(tmp) / "f.h5", stages=stages, detect_every=every,
+                        progress=False)  # warm-up: models, JIT (not counted)
+        t0, c0 = time.perf_counter(), _cpu()
+        s = facekit.extract([path], Path(tmp) / "g.h5", stages=stages, detect_every=every, progress=False)
+        dt, dc = time.perf_counter() - t0, _cpu() - c0
+    return s.results[0].n_frames, dt, dc
+
+
+def deface_run(path: str) -> tuple[int, float] | None:
+    exe = shutil.which("deface") or str(Path(sys.executable).with_name("deface"))
+    if not Path(exe).exists():
+        return None
+    import av
+
+    with av.open(path) as c:
+        n = sum(1 for _ in c.demux(c.streams.video[0]) if _.size)
+    with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        s = facekit.extract([path], Path(tmp) / "g.h5", stages=stages, progress=False)
-        dt = time.perf_counter() - t0
-    return s.results[0].n_frames, dt
+        subprocess.run([exe, path, "-o", str(Path(tmp) / "out.mp4"), "--replacewith", "none",
+                        "--backend", "onnxrt"], check=True, capture_output=True)
+        return n, time.perf_counter() - t0
+
+
+def measure(fn, *args):
+    """(frames, wall seconds, CPU seconds) of fn(*args), or None."""
+    c0 = _cpu()
+    r = fn(*args)
+    if r is None:
+        return None
+    return r if len(r) == 3 else (r[0], r[1], _cpu() - c0)
 
 
 def main():
@@ -85,15 +129,25 @@ def main():
     data = Path(os.environ.get("FACEKIT_TEST_DATA", "../shared/data"))
     ap.add_argument("clips", nargs="*", default=[str(data / "videos" / "hamilton_multiface.mp4")])
     ap.add_argument("--stages", default="detect,track,landmarks,align,pose")
+    ap.add_argument("--every", type=int, default=5, help="N of the keyframe run (--detect-every N)")
+    ap.add_argument("--repeat", type=int, default=1, help="measure everything this many times")
     args = ap.parse_args()
-    print(f"stages: {args.stages}; CPU cores: {os.cpu_count()}")
-    print(f"{'clip':<28} {'decode fps':>10} {'naive fps':>10} {'facekit fps':>11} {'vs naive':>9} {'of decode':>9}")
-    for clip in args.clips:
-        nd, td = decode_only(clip)
-        nn, tn = naive_loop(clip)
-        nf, tf = facekit_run(clip, args.stages)
-        fd, fn, ff = nd / td, nn / tn, nf / tf
-        print(f"{Path(clip).name:<28} {fd:>10.0f} {fn:>10.1f} {ff:>11.1f} {ff / fn:>8.2f}x {ff / fd:>8.1%}")
+    print(f"stages: {args.stages}; CPU cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
+    cols = ["decode", "naive", "facekit", f"fk-{args.every}", "deface"]
+    print("| run | clip | " + " | ".join(f"{c} fps (CPU ms/frame)" for c in cols)
+          + f" | facekit / naive | fk-{args.every} / naive |")
+    print("|" + "---|" * (len(cols) + 4))
+    for rep in range(args.repeat):
+        for clip in args.clips:
+            r = {"decode": measure(decode_only, clip), "naive": measure(naive_loop, clip),
+                 "facekit": measure(facekit_run, clip, args.stages, 1),
+                 f"fk-{args.every}": measure(facekit_run, clip, args.stages, args.every),
+                 "deface": measure(deface_run, clip) if "hamilton" in Path(clip).name else None}
+            fps = {k: (v[0] / v[1] if v else float("nan")) for k, v in r.items()}
+            cell = {k: (f"{fps[k]:.1f} ({1000 * v[2] / v[0]:.0f})" if v else "-") for k, v in r.items()}
+            print(f"| {rep + 1} | {Path(clip).name} | " + " | ".join(cell[c] for c in cols)
+                  + f" | {fps['facekit'] / fps['naive']:.2f}x | {fps[f'fk-{args.every}'] / fps['naive']:.2f}x |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,9 @@ def run_options(f):
                      help="IoU above which overlapping detections are merged."),
         click.option("--det-size", type=click.IntRange(min=0), default=_D.det_size, show_default=True,
                      help="Downscale frames whose long side exceeds N pixels for the detector (0: never)."),
+        click.option("--detect-every", type=click.IntRange(min=1), default=_D.detect_every, show_default=True,
+                     metavar="N", help="Run the detector every N frames (and on scene cuts and lost faces); "
+                     "follow faces from their landmarks in between (faces/source = 1). E.g. --detect-every 5."),
         click.option("--max-faces", type=click.IntRange(min=1), default=None,
                      help="Keep only the faces of the K main tracks (stage track)."),
         click.option("--primary", is_flag=True, help="Keep only the main face (the primary track)."),

@@ -37,6 +37,7 @@ class Config:
     det_threshold: float = 0.8  # minimum detection score
     det_nms: float = 0.3  # IoU above which overlapping detections are suppressed
     det_size: int = 1920  # frames with a longer side are downscaled to it for the detector; 0 = never
+    detect_every: int = 1  # run the detector every N frames (and on cuts/lost faces); follow faces in between
     # tracking and face selection
     track_max_gap: float = 1.0  # seconds a track survives without a detection
     max_faces: int | None = None  # keep the faces of the K best tracks (PRIMARY_RULE score)

@@ -265,6 +265,10 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_f
                     break
                 continue
             reused.add(st.name)
+        # stages computed together (keyframe detection hands its landmarks on): all or none
+        if any(r in params and r not in reused for st in pipe if st.name in reused
+               for r in getattr(st, "reuse_with", ())):
+            reused = {n for n in reused if pipe_consumes(pipe, n) != "frames"}
 
     warnings: list[str] = []
     attrs: dict = {"key": unit.key, "source_path": unit.path, "source_kind": unit.kind, **stamp,
@@ -441,9 +445,10 @@ class _Replay:
     def on_frames(self, batch, row0: int, writer) -> None:
         a, b = np.searchsorted(self._frame, [row0, row0 + len(batch.t_sec)])
         for path in self.stage.outputs:
+            # (an output the earlier version did not write, e.g. faces/source, stays absent)
             if path.startswith("faces/") and path in self._old:
                 batch.faces[path[len("faces/"):]] = self._old[path][a:b]
-        self.stage.write_faces(writer, batch)
+                writer.append(path, batch.faces[path[len("faces/"):]])
 
     def end(self, writer) -> None:
         other = [p for p in self.stage.outputs if not p.startswith("faces/")]

@@ -46,7 +46,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "mel": ("audio/mel/data", "audio/mel/t"),
     "vggish": ("audio/vggish/data", "audio/vggish/t"),
 }
-ROW_SHAPES = {"box": (4,), "score": (), "kps5": (5, 2), "affine": (2, 3), "pose": (3,), "frame": (),
+ROW_SHAPES = {"source": (), "box": (4,), "score": (), "kps5": (5, 2), "affine": (2, 3), "pose": (3,), "frame": (),
               "track": ()}
 READ_BLOCK_BYTES = 64 << 20  # read datasets back in blocks of about this size
 

@@ -1,4 +1,8 @@
-"""The ``detect`` stage: faces in every processed frame -> ``faces/{frame,box,score,kps5}``.
+"""The ``detect`` stage: faces in every processed frame -> ``faces/{frame,box,score,kps5,source}``.
+
+With ``--detect-every N`` (N > 1) the detector runs on keyframes only and faces are followed from
+their landmarks in between (``facekit.face.follow``); ``faces/source`` says which faces were
+detected (0) and which followed (1).
 
 Boxes and key points are stored in display pixels of the source video (after rotation, before
 ``--max-side`` downscaling), xyxy, float32, as the detector gives them (a box may extend past the
@@ -12,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import stages, zoo
-from ..media import to_display
+from ..media import to_display, to_processed
+from . import follow
 from .yunet import YuNet
 
 DETECTORS = {"yunet": YuNet}
@@ -35,46 +40,136 @@ def load_detector(name: str, weights: dict | None = None, score_threshold: float
 class DetectStage(stages.Stage):
     name = "detect"
     consumes = "frames"
-    outputs = ("faces/frame", "faces/box", "faces/score", "faces/kps5")
+    outputs = ("faces/frame", "faces/box", "faces/score", "faces/kps5", "faces/source")
 
     def __init__(self, config):
         super().__init__(config)
+        self.every = int(config.detect_every)
+        if self.every < 1 or self.every != config.detect_every:
+            raise stages.StageError(f"--detect-every {config.detect_every}: must be a whole number >= 1")
         self.detector = load_detector(config.detector, config.weights, config.det_threshold, config.det_nms)
+        self.landmarker = None
+        #: stages whose stored outputs were computed together with this one's: reused only together
+        self.reuse_with = ("landmarks",) if self.every > 1 else ()
+        if self.every > 1:
+            if config.landmarker != "dlib68":
+                raise stages.StageError(f"--detect-every {self.every} follows faces with dlib68 landmarks; "
+                                        f"--landmarker {config.landmarker} needs --detect-every 1")
+            from .landmarks import load_landmarker
+
+            self.landmarker = load_landmarker("dlib68", config.weights)
 
     @property
     def params(self) -> dict:
         c = self.config
-        return {"detector": c.detector, "weights_sha256": self.detector.weights.sha256,
-                "det_threshold": c.det_threshold, "det_nms": c.det_nms, "det_size": c.det_size}
+        p = {"detector": c.detector, "weights_sha256": self.detector.weights.sha256,
+             "det_threshold": c.det_threshold, "det_nms": c.det_nms, "det_size": c.det_size}
+        if self.every > 1:  # (absent for 1, so stores of earlier versions stay valid)
+            from .tracking import CUT_THRESHOLD
+
+            p["detect_every"] = self.every
+            p["follow"] = {
+                "landmarker": self.landmarker.name, "landmarker_sha256": self.landmarker.weights.sha256,
+                "kps5_offset": [list(o) for o in follow.KPS5_OFFSET], "box_from_kps5": list(follow.BOX_FROM_KPS5),
+                "velocity_gain": follow.VELOCITY_GAIN, "max_gap_sec": follow.MAX_GAP_SEC,
+                "min_iod_px": follow.MIN_IOD_PX, "outside_frac": follow.OUTSIDE_FRAC,
+                "scale_jump": follow.SCALE_JUMP, "move_jump": follow.MOVE_JUMP, "shape_jump": follow.SHAPE_JUMP,
+                "dup_iou": follow.DUP_IOU, "cut_threshold": CUT_THRESHOLD}
+        return p
 
     def begin(self, writer, info) -> None:
         model = {"model": self.config.detector, "weights_sha256": self.detector.weights.sha256,
                  "params": self.params}
         writer.create("faces/frame", dtype="i8", attrs={"description": "row into frames/ of each face"})
         writer.create("faces/box", (4,), "f4", attrs={**model, "units": "pixels", "format": "xyxy"})
-        writer.create("faces/score", (), "f4", attrs=model)
+        writer.create("faces/score", (), "f4", attrs={
+            **model, "followed_faces": "the score of the detection the face was followed from"})
+        writer.create("faces/source", (), "u1", attrs={
+            "description": "0: found by the detector; 1: followed from the previous frame's landmarks "
+                           "(--detect-every N > 1)", "detect_every": self.every})
         writer.create("faces/kps5", (5, 2), "f4", attrs={
             **model, "units": "pixels",
             "points": ["right_eye", "left_eye", "nose", "right_mouth", "left_mouth"]})
 
-    def on_frames(self, batch, row0: int, writer) -> None:
+        if self.every > 1:
+            from .tracking import CutDetector
+
+            self._follower = None  # made at the first batch (needs the batch scale)
+            self._cuts = CutDetector()
+
+    def end(self, writer) -> None:
+        fol = getattr(self, "_follower", None) if self.every > 1 else None
+        if fol is not None:  # how the frames were processed, and why frames off the N grid were keyframes
+            from ..store import set_attrs
+
+            set_attrs(writer.group["faces/source"], {
+                "detected_frames": fol.n_detected, "followed_frames": fol.n_followed,
+                "extra_keyframes": dict(sorted(fol.reasons.items()))})
+
+    def _detect(self, rgb, scale: float):
+        """Faces of one processed frame: boxes [n,4], scores [n], kps5 [n,5,2] in display pixels."""
         import cv2
 
+        h, w = rgb.shape[:2]
+        s = 1.0
+        if self.config.det_size and max(h, w) > self.config.det_size:
+            s = self.config.det_size / max(h, w)
+            rgb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+            s = (rgb.shape[1] / w + rgb.shape[0] / h) / 2  # the scale actually applied
+        b, sc, k = self.detector.detect(rgb)
+        total = s * scale  # display -> detector image (two area resizes compose)
+        return to_display(b, total), sc, to_display(k, total)
+
+    def on_frames(self, batch, row0: int, writer) -> None:
+        if self.every > 1:
+            return self._on_frames_follow(batch, row0, writer)
         frame_rows, boxes, scores, kps = [], [], [], []
         for i, rgb in enumerate(batch.rgb):
-            h, w = rgb.shape[:2]
-            s = 1.0
-            if self.config.det_size and max(h, w) > self.config.det_size:
-                s = self.config.det_size / max(h, w)
-                rgb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-                s = (rgb.shape[1] / w + rgb.shape[0] / h) / 2  # the scale actually applied
-            b, sc, k = self.detector.detect(rgb)
-            total = s * batch.scale  # display -> detector image (two area resizes compose)
+            b, sc, k = self._detect(rgb, batch.scale)
             frame_rows.append(np.full(len(b), row0 + i, np.int64))
-            boxes.append(to_display(b, total))
+            boxes.append(b)
             scores.append(sc)
-            kps.append(to_display(k, total))
+            kps.append(k)
+        n = sum(len(b) for b in boxes)
         batch.faces.update(frame=np.concatenate(frame_rows), box=np.concatenate(boxes).astype(np.float32),
                            score=np.concatenate(scores).astype(np.float32),
-                           kps5=np.concatenate(kps).astype(np.float32))
+                           kps5=np.concatenate(kps).astype(np.float32), source=np.zeros(n, np.uint8))
+        self.write_faces(writer, batch)
+
+    def _on_frames_follow(self, batch, row0: int, writer) -> None:
+        """Keyframes and following, frame by frame (each frame needs the previous one's landmarks).
+        The landmarks computed here are handed to the ``landmarks`` stage (``batch.faces``
+        ``"followed_landmarks"``): for followed faces they come from the predicted key points."""
+        from .landmarks import box_from_kps5
+
+        bs = batch.scale
+        if self._follower is None or self._follower_scale != bs:
+            def detect(rgb):
+                b, sc, k = self._detect(rgb, bs)
+                return to_processed(b, bs), sc, to_processed(k, bs)
+
+            def landmark(rgb, kps5):
+                return self.landmarker.predict(rgb, box_from_kps5(kps5), kps5)[0]
+
+            def roundtrip(p):  # what the store holds (display pixels, float32), read back
+                # float32 arithmetic, as the landmarks stage does on the stored values
+                return to_processed(to_display(p, bs).astype(np.float32), bs).astype(np.float64)
+
+            self._follower = follow.Follower(detect, landmark, self.every, self._cuts, roundtrip)
+            self._follower_scale = bs
+        rows, box, score, kps, lms, src = [], [], [], [], [], []
+        for i, (rgb, t) in enumerate(zip(batch.rgb, batch.t_sec)):
+            f = self._follower.step(rgb, float(t))
+            n = len(f["box"])
+            rows.append(np.full(n, row0 + i, np.int64))
+            box.append(to_display(f["box"], bs))
+            score.append(f["score"])
+            kps.append(to_display(f["kps5"], bs))
+            lms.append(to_display(f["landmarks"].astype(np.float32), bs))  # as the landmarks stage does
+            src.append(f["source"])
+        batch.faces.update(frame=np.concatenate(rows), box=np.concatenate(box).reshape(-1, 4).astype(np.float32),
+                           score=np.concatenate(score).astype(np.float32),
+                           kps5=np.concatenate(kps).reshape(-1, 5, 2).astype(np.float32),
+                           source=np.concatenate(src).astype(np.uint8),
+                           followed_landmarks=np.concatenate(lms).reshape(-1, 68, 2).astype(np.float32))
         self.write_faces(writer, batch)

@@ -177,6 +177,9 @@ class LandmarksStage(stages.Stage):
                 out[:, :, 2] = lm[:, :, 2] / s
             f["landmarks_score"] = sc
             writer.append("faces/landmarks_score", sc)
+        elif "followed_landmarks" in f and self.model.name == "dlib68":
+            # --detect-every N: the detect stage ran this landmarker on these very key points
+            out[:] = f["followed_landmarks"]
         else:
             for i in np.unique(f["frame"]) if n else []:
                 rows = np.flatnonzero(f["frame"] == i)
