@@ -35,8 +35,8 @@ def _processor(name):
         cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
         return cls(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3,
                    image_mean=list(embed.CLIP_MEAN), image_std=list(embed.CLIP_STD))
-    cls = getattr(transformers, "BitImageProcessorPil", None) or transformers.BitImageProcessor
-    return cls(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, resample=3,  # facebook/dinov2-small
+    cls = getattr(transformers, "BitImageProcessorPil", None) or transformers.BitImageProcessor  # facebook/dinov2-small
+    return cls(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, resample=3,
                image_mean=list(embed.IMAGENET_MEAN), image_std=list(embed.IMAGENET_STD))
 
 
@@ -232,7 +232,8 @@ def test_embed_stage_with_a_tiny_dinov2(clips, tmp_path, monkeypatch):
         assert n > 0 and e.shape == (n, 64) and e.dtype == np.float32 and np.isfinite(e).all()
         a = dict(g["faces/embed/dinov2-small"].attrs)
         assert a["model"] == "dinov2-small" and a["weights_sha256"] == zoo.sha256_of(path)
-        assert json.loads(a["crop"])["center_crop"] == 224 and np.asarray(json.loads(a["template_points"])).shape == (5, 2)
+        assert json.loads(a["crop"])["center_crop"] == 224
+        assert np.asarray(json.loads(a["template_points"])).shape == (5, 2)
         kps = g["faces/kps5"][()]
         row = int(g["faces/frame"][0])
     # the first face again, from the decoded frames (the engine's reader and defaults)
@@ -242,3 +243,13 @@ def test_embed_stage_with_a_tiny_dinov2(clips, tmp_path, monkeypatch):
     m = embed.HFEmbedder(tiny, zoo.Resolved("dinov2-small", path, "explicit", zoo.sha256_of(path)))
     again = embed.embed_faces(m, batch.rgb, np.array([row]), kps[:1], batch.scale)
     np.testing.assert_allclose(again, e[:1], atol=1e-4)
+
+
+def test_dinov2_config_matches_the_registered_file_size():
+    """DINOV2_SMALL_CONFIG's tensors (float32) fill the registered model.safetensors but for its JSON
+    header: the architecture constants have the published shapes (built on the meta device)."""
+    with torch.device("meta"):
+        net = transformers.Dinov2Model(transformers.Dinov2Config(**embed.DINOV2_SMALL_CONFIG))
+    tensors = 4 * sum(t.numel() for t in net.state_dict().values())
+    header = zoo.get("dinov2-small").files[0].size - tensors
+    assert 8 < header < 32_000, header
