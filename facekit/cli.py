@@ -99,8 +99,8 @@ def run_options(f):
                      help="With --images: also write each face's label mask beside its crop as a palette PNG "
                           "(<frame>_<face>_mask.png; adds the crop and parse stages)."),
         click.option("--embed", "embed", default=_D.embed, show_default=True, metavar="NAME[,NAME...]",
-                     help="Backbones of stage embed: sface, arcface-r50, efficientnet-lite0, enet-b0-8-best-vgaf "
-                          "(faces/embed/<name>), e.g. --embed sface,efficientnet-lite0."),
+                     help="Backbones of stage embed: sface, arcface-r50, efficientnet-lite0, enet-b0-8-best-vgaf, "
+                          "clip-vit-b16, dinov2-small (faces/embed/<name>), e.g. --embed sface,dinov2-small."),
         click.option("--embed-dtype", type=click.Choice(["float32", "float16"]), default=_D.embed_dtype,
                      show_default=True, help="Storage type of faces/embed/*."),
         click.option("--embed-pool", type=click.Choice(["none", "track"]), default=_D.embed_pool, show_default=True,

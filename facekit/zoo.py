@@ -318,6 +318,50 @@ register(Model(
              "expression recognition neural network. IEEE Trans. Affective Computing 2022.",
     input="RGB 224x224 crop, x/255 normalised with ImageNet mean/std",
 ))
+# Vision towers run with Hugging Face transformers (facekit.face.embed.HFEmbedder). URLs name the
+# repository commit, so the file cannot change under the sha256 (the LFS oid of the file, as pinned
+# by independent projects; no machine of ours could download it to confirm). The architecture
+# constants of each config.json are in facekit.face.embed, so only the weights are downloaded.
+_HF = "https://huggingface.co/{repo}/resolve/{rev}/{file}"
+register(Model(
+    name="clip-vit-b16",
+    task="embed",
+    runtime="torch",
+    files=(ModelFile(
+        # the repository ships no model.safetensors at this commit: the CLIPModel state dict (text and
+        # vision towers) as a pickle, loaded with torch.load(weights_only=True); only the vision tower is used
+        filename="pytorch_model.bin",
+        sha256="ec89c7b09c749a60aae3c9cd910516f24b58214a7df060b48962d14c469cfbf0",
+        size=598641023,
+        url=_HF.format(repo="openai/clip-vit-base-patch16", rev="57c216476eefef5ab752ec549e440a49ae4ae5f3",
+                       file="pytorch_model.bin"),
+    ),),
+    description="OpenAI CLIP ViT-B/16 image tower (transformers CLIPVisionModelWithProjection): projected "
+                "image embedding, 512-d (generic image features)",
+    licence_code="MIT (openai/CLIP); Apache-2.0 (transformers)",
+    licence_weights="openai/CLIP release (MIT repository; the Hugging Face repository declares no licence); "
+                    "the model card puts deployed use and face recognition out of scope",
+    citation="Radford et al. Learning Transferable Visual Models From Natural Language Supervision. ICML 2021.",
+    input="RGB 224x224 crop, x/255 normalised with the OpenAI CLIP mean/std (CLIPImageProcessor)",
+))
+register(Model(
+    name="dinov2-small",
+    task="embed",
+    runtime="torch",
+    files=(ModelFile(
+        filename="model.safetensors",
+        sha256="ae1e99fcefd534ed978cdeb8326f08030c96e28b7a81ffcbc98a857c84d14be1",
+        size=88249960,
+        url=_HF.format(repo="facebook/dinov2-small", rev="ed25f3a31f01632728cabb09d1542f84ab7b0056",
+                       file="model.safetensors"),
+    ),),
+    description="DINOv2 ViT-S/14 (transformers Dinov2Model): CLS token of the last layer after the final "
+                "layernorm, 384-d (generic self-supervised image features)",
+    licence_code="Apache-2.0 (facebookresearch/dinov2, transformers)",
+    licence_weights="Apache-2.0 (facebook/dinov2-small; trained on LVD-142M)",
+    citation="Oquab et al. DINOv2: Learning Robust Visual Features without Supervision. TMLR 2024.",
+    input="RGB 256x256 crop -> centre 224x224, x/255 normalised with ImageNet mean/std (BitImageProcessor)",
+))
 
 
 def get(name: str) -> Model:

@@ -19,6 +19,16 @@ exactly insightface's ``norm_crop``. What each backbone gets (``BACKBONES``):
 * ``enet-b0-8-best-vgaf`` (1280-d): arcface, 224 px, margin 0.1; RGB/255 with ImageNet
   mean/std; the features are the input of the final classifier Gemm (HSEmotion / EmotiEffLib
   ``EmotiEffLibRecognizerOnnx``). Weights: HSEmotion ONNX (download).
+* ``clip-vit-b16`` (512-d): arcface, 224 px, margin 0.25; RGB/255 with the OpenAI CLIP mean/std
+  (= ``CLIPImageProcessor`` on that crop, whose resize and 224 centre crop are then the identity);
+  transformers ``CLIPVisionModelWithProjection`` ``image_embeds`` (CLS token after the final layer
+  norm, through the visual projection). Weights: openai/clip-vit-base-patch16 (download).
+* ``dinov2-small`` (384-d): a 256 px crop holding the ``clip-vit-b16`` crop (arcface, 224 px,
+  margin 0.25) in its centre, of which the model sees the centre 224 x 224 (= ``BitImageProcessor``
+  on the 256 crop: resize to 256 (the identity), centre crop 224), i.e. exactly the ``clip-vit-b16``
+  view; RGB/255 with ImageNet mean/std; transformers ``Dinov2Model``
+  ``pooler_output`` = the CLS token of the last layer after the final layernorm. Weights:
+  facebook/dinov2-small (download).
 
 Outputs are the backbone's own vectors, **not** L2-normalised (normalise for cosine similarity);
 float32, or float16 with ``--embed-dtype float16``. Faces of a whole frame batch go through a
@@ -42,12 +52,27 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ARCFACE_MEAN = 127.5  # insightface ArcFaceONNX input_mean / input_std for graphs without Sub/Mul
 ARCFACE_STD = 127.5
 SFACE_THRESHOLD = 0.363  # OpenCV Zoo / FaceRecognizerSF: cosine >= this = same person
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP (CLIPImageProcessor image_mean), of x/255
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# transformers configs of the published checkpoints (the vision part of their config.json): the
+# architecture constants, so no config file is downloaded. Shapes are checked against the weights.
+CLIP_VIT_B16_CONFIG = {  # openai/clip-vit-base-patch16 vision_config + projection_dim
+    "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "image_size": 224, "patch_size": 16, "num_channels": 3, "projection_dim": 512,
+    "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+DINOV2_SMALL_CONFIG = {  # facebook/dinov2-small config.json
+    "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "mlp_ratio": 4,
+    "image_size": 518, "patch_size": 14, "num_channels": 3, "hidden_act": "gelu", "layer_norm_eps": 1e-6,
+    "layerscale_value": 1.0, "qkv_bias": True, "use_swiglu_ffn": False, "drop_path_rate": 0.0}
 
 
 @dataclass(frozen=True)
 class Backbone:
     """How to crop, normalise and run one backbone. ``mean``/``std`` act on RGB values after
-    multiplying by ``scale`` (x' = (x * scale - mean) / std)."""
+    multiplying by ``scale`` (x' = (x * scale - mean) / std). ``center_crop``: when > 0, the model
+    sees the centre ``center_crop`` x ``center_crop`` pixels of the ``size`` crop (an image
+    processor's resize-then-centre-crop). ``template_size``: when > 0, the template is that of a
+    ``template_size`` crop, centred in the ``size`` crop."""
 
     name: str
     dim: int
@@ -61,10 +86,22 @@ class Backbone:
     kind: str = "identity"  # "identity" or "image" (generic / expression features)
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    center_crop: int = 0
+    template_size: int = 0
+
+    def points(self) -> np.ndarray:
+        """[5,2] float64: where the five key points go in the ``size`` x ``size`` crop."""
+        t = self.template_size or self.size
+        return align.template(self.template, t, self.margin) + (self.size - t) / 2.0
 
     def crop_params(self) -> dict:
-        return {"template": self.template, "size": self.size, "margin": self.margin,
-                "points_from": "faces/kps5", "interpolation": "bilinear", "border": "constant 0"}
+        p = {"template": self.template, "size": self.size, "margin": self.margin,
+             "points_from": "faces/kps5", "interpolation": "bilinear", "border": "constant 0"}
+        if self.template_size:
+            p["template_size"] = self.template_size
+        if self.center_crop:
+            p["center_crop"] = self.center_crop
+        return p
 
     def input_params(self) -> dict:
         return {"colour": "RGB", "layout": "NCHW", "scale": self.scale, "mean": list(self.mean),
@@ -81,6 +118,16 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in [
     Backbone("enet-b0-8-best-vgaf", 1280, size=224, margin=0.1, scale=1 / 255.0, mean=IMAGENET_MEAN,
              std=IMAGENET_STD, kind="expression",
              notes="HSEmotion/EmotiEffLib ONNX: features = input of the final Gemm (as EmotiEffLibRecognizerOnnx)"),
+    Backbone("clip-vit-b16", 512, size=224, margin=0.25, scale=1 / 255.0, mean=CLIP_MEAN, std=CLIP_STD,
+             runtime="torch", kind="image",
+             notes="transformers CLIPVisionModelWithProjection image_embeds (pooled CLS after post_layernorm, "
+                   "visual projection); input = CLIPImageProcessor of the crop",
+             extra={"arch": "clip", "config": CLIP_VIT_B16_CONFIG}),
+    Backbone("dinov2-small", 384, size=256, template_size=224, center_crop=224, margin=0.25, scale=1 / 255.0,
+             mean=IMAGENET_MEAN, std=IMAGENET_STD, runtime="torch", kind="image",
+             notes="transformers Dinov2Model pooler_output (CLS token of the last layer after the final layernorm); "
+                   "input = BitImageProcessor (resize 256, centre crop 224) of the crop",
+             extra={"arch": "dinov2", "config": DINOV2_SMALL_CONFIG}),
 ]}
 
 
@@ -109,7 +156,7 @@ def crop_affines(kps5, spec: Backbone, scale: float = 1.0) -> np.ndarray:
     kps5 = np.asarray(kps5, np.float64).reshape(-1, 5, 2)
     if not len(kps5):
         return np.zeros((0, 2, 3))
-    m = align.similarity_from_points(kps5, align.template(spec.template, spec.size, spec.margin))
+    m = align.similarity_from_points(kps5, spec.points())
     k = 0.5 / scale - 0.5
     m[:, :, 2] += m[:, :, 0] * k + m[:, :, 1] * k
     m[:, :, :2] /= scale
@@ -265,8 +312,115 @@ class EfficientNetEmbedder:
         return out
 
 
+def _hf_format(path, name: str) -> str:
+    """The transformers file name for the checkpoint at ``path``: ``model.safetensors`` (its 8-byte
+    header length is followed by the JSON header) or ``pytorch_model.bin`` (a torch zip or pickle)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError as e:
+        raise zoo.ModelError(f"model {name}: cannot read {path}: {e.strerror or e}") from None
+    if len(head) == 9 and head[8:9] == b"{":
+        return "model.safetensors"
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "pytorch_model.bin"
+    raise zoo.ModelError(f"model {name}: {path} is not a readable checkpoint (neither safetensors nor PyTorch)")
+
+
+def _from_pretrained(cls, cfg, path, filename: str, name: str):
+    """``cls.from_pretrained`` on a temporary folder holding ``path`` as ``filename`` (a symlink,
+    else a copy), offline, quietly; missing or mis-shaped tensors raise a ModelError."""
+    import os
+    import shutil
+    import tempfile
+
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    with tempfile.TemporaryDirectory(prefix="facekit-hf-") as d:
+        link = os.path.join(d, filename)
+        try:
+            os.symlink(os.path.abspath(path), link)
+        except OSError:
+            shutil.copyfile(path, link)
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        try:
+            net, info = cls.from_pretrained(d, config=cfg, local_files_only=True, output_loading_info=True)
+        except Exception as e:  # noqa: BLE001 - unreadable file, size mismatch...
+            raise zoo.ModelError(f"model {name}: {path} does not fit {cls.__name__} "
+                                 f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
+    bad = list(info.get("missing_keys") or []) + [str(k[0]) if isinstance(k, tuple) else str(k)
+                                                  for k in info.get("mismatched_keys") or []]
+    if bad:
+        raise zoo.ModelError(f"model {name}: {path} does not fit {cls.__name__}: {len(bad)} tensors missing "
+                             f"or mis-shaped (e.g. {sorted(bad)[0]})")
+    return net
+
+
+class HFEmbedder:
+    """A transformers vision tower: crops [N,S,S,3] uint8 RGB -> [N,D] float32.
+
+    ``clip-vit-b16``: ``CLIPVisionModelWithProjection(...).image_embeds``; ``dinov2-small``:
+    ``Dinov2Model(...).pooler_output``. The config is built from the architecture constants in
+    ``spec.extra["config"]`` (``config`` overrides them: the tests use tiny random models) and the
+    weights are loaded by transformers' own ``from_pretrained`` (its checkpoint key conversions
+    included) from the resolved file: a whole ``CLIPModel`` checkpoint gives its vision tower and
+    visual projection (the text tower is ignored). Every tensor of the tower must be in the file
+    with the right shape (else a ModelError)."""
+
+    def __init__(self, spec: Backbone, weights: zoo.Resolved, max_batch: int = MAX_BATCH, device: str = "cpu",
+                 config: dict | None = None):
+        try:
+            import torch
+            import transformers
+        except ImportError as e:
+            raise zoo.ModelError(f"model {spec.name} needs PyTorch and transformers ({e}): "
+                                 "pip install 'facekit[embed]'") from None
+        self.spec, self.weights, self.max_batch, self._torch = spec, weights, int(max_batch), torch
+        arch = spec.extra["arch"]
+        cfg = {**spec.extra["config"], **(config or {})}
+        if arch == "clip":
+            cls, cfg = transformers.CLIPVisionModelWithProjection, transformers.CLIPVisionConfig(**cfg)
+        else:
+            cls, cfg = transformers.Dinov2Model, transformers.Dinov2Config(**cfg)
+        net = _from_pretrained(cls, cfg, weights.path, _hf_format(weights.path, spec.name), spec.name)
+        self.device = device
+        self.net = net.float().eval().to(device)
+        self._out = "image_embeds" if arch == "clip" else "pooler_output"
+        self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+        self._std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+
+    def preprocess(self, crops: np.ndarray):
+        """[N,S,S,3] uint8 -> the model's pixel_values [N,3,C,C] float32 (C: centre crop, else S)."""
+        torch = self._torch
+        c = self.spec.center_crop
+        if c:
+            o = (crops.shape[1] - c) // 2
+            crops = crops[:, o:o + c, o:o + c]
+        x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).permute(0, 3, 1, 2).float() * self.spec.scale
+        return (x - self._mean) / self._std
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        out = np.zeros((len(crops), self.spec.dim), np.float32)
+        with torch.inference_mode():
+            for a in range(0, len(crops), self.max_batch):
+                y = getattr(self.net(pixel_values=self.preprocess(crops[a:a + self.max_batch])), self._out)
+                if y.shape[1] != self.spec.dim:
+                    raise zoo.ModelError(f"model {self.spec.name}: output has {y.shape[1]} values, "
+                                         f"expected {self.spec.dim}")
+                out[a:a + len(y)] = y.float().cpu().numpy()
+        return out
+
+
 _LOADERS = {"sface": OnnxEmbedder, "arcface-r50": OnnxEmbedder, "enet-b0-8-best-vgaf": OnnxEmbedder,
-            "efficientnet-lite0": EfficientNetEmbedder}
+            "efficientnet-lite0": EfficientNetEmbedder, "clip-vit-b16": HFEmbedder, "dinov2-small": HFEmbedder}
 _CACHE: dict[tuple, object] = {}
 
 
@@ -336,7 +490,7 @@ class EmbedStage(stages.Stage):
         def device_of(name: str) -> str:  # DeviceError when the backbone's runtime cannot use the GPU
             if gpu is None:
                 return "cpu"
-            return device_mod.torch_device(config) if _LOADERS[name] is EfficientNetEmbedder else f"cuda:{gpu}"
+            return device_mod.torch_device(config) if BACKBONES[name].runtime == "torch" else f"cuda:{gpu}"
 
         self.models = {n: load(n, config.weights, config.embed_batch, device_of(n)) for n in self.names}
         self.on_gpu = gpu is not None
@@ -357,7 +511,7 @@ class EmbedStage(stages.Stage):
             writer.create(f"faces/embed/{n}", (s.dim,), c_dtype(self.config), attrs={
                 "model": n, "weights_sha256": m.weights.sha256, "weights_file": m.weights.path.name,
                 "dim": s.dim, "kind": s.kind, "normalised": False,
-                "crop": s.crop_params(), "template_points": align.template(s.template, s.size, s.margin).tolist(),
+                "crop": s.crop_params(), "template_points": s.points().tolist(),
                 "input": s.input_params(),
                 "description": f"{n} embedding of each face (raw model output; L2-normalise for cosine)"})
 
