@@ -57,6 +57,12 @@ def whisper_figures(tiny_en: str | None, speech: np.ndarray, tmp: Path) -> dict:
                                   "max_abs_diff_fp16_vs_fp32": float(d.max()), "mean_abs_diff": float(d.mean()),
                                   "mean_abs_feature": float(np.abs(yc).mean()), "min_cosine": float(cos.min()),
                                   "gpu_audio_s_per_s": 600 / t_gpu, "cpu_audio_s_per_s": 70 / t_cpu}
+        # 64 clips of 3 s (a GRID-like folder): one encoder call per clip vs windows batched across clips
+        clips = [long[i * 16000: i * 16000 + 48000] for i in range(64)]
+        t_each = best_time(lambda: [gpu.encode_many([c]) for c in clips], reps=1)
+        t_many = best_time(lambda: gpu.encode_many(clips), reps=1)
+        out["whisper-tiny.en"]["64_clips_of_3s_per_clip_s"] = t_each
+        out["whisper-tiny.en"]["64_clips_of_3s_batched_across_clips_s"] = t_many
     dims = dict(n_mels=128, n_audio_ctx=1500, n_audio_state=1280, n_audio_head=20, n_audio_layer=32,
                 n_vocab=51866, n_text_ctx=448, n_text_state=1280, n_text_head=20, n_text_layer=32)
     enc = whisper.model.AudioEncoder(128, 1500, 1280, 20, 32)
