@@ -29,24 +29,27 @@ def cluster(tmp_path_factory):
     port = _free_port()
     tmp = tmp_path_factory.mktemp("ray")
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # a loopback test cluster without Ray's token authentication, whatever ~/.ray/auth_token holds
+    # (Ray >= 2.5x turns token auth on when that file exists; clients then need the same token)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     r = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
                         "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats"],
                        capture_output=True, text=True, env=env, timeout=180)
     if r.returncode != 0:
         pytest.skip(f"cannot start a local Ray cluster: {r.stderr[-300:]}")
-    yield f"127.0.0.1:{port}"
+    yield f"127.0.0.1:{port}", env
     subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
 
 
 def test_ray_backend_equals_a_local_run(cluster, clips, bad_files, tmp_path):
+    cluster, env = cluster
     inputs = [str(clips["face"]), str(clips["silent"]), str(bad_files["text"])]
     local = tmp_path / "local.h5"
     facekit.extract(inputs, local, stages="detect,track,mel", progress=False)
     out = tmp_path / "ray.h5"
     r = subprocess.run([sys.executable, "-m", "facekit", "extract", *inputs, "-o", str(out), "--stages",
                         "detect,track,mel", "--backend", "ray", "--ray-address", cluster, "--workers", "2",
-                        "--json"], capture_output=True, text=True, timeout=600)
+                        "--json"], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 1, r.stderr  # the text file fails, as locally
     assert "text.mp4" in r.stderr and "Traceback" not in r.stderr
     with facekit.open(local) as a, facekit.open(out) as b:
@@ -61,7 +64,7 @@ def test_ray_backend_equals_a_local_run(cluster, clips, bad_files, tmp_path):
     # a re-run resumes (everything skipped) through the cluster too
     r2 = subprocess.run([sys.executable, "-m", "facekit", "extract", *inputs, "-o", str(out), "--stages",
                          "detect,track,mel", "--backend", "ray", "--ray-address", cluster, "--json", "-q"],
-                        capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=600, env=env)
     assert r2.returncode == 1, r2.stderr  # the text file is retried and fails again
     summary = json.loads(r2.stdout)
     assert (summary["skipped"], summary["processed"], summary["failed"]) == (2, 0, 1), summary
