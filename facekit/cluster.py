@@ -73,31 +73,78 @@ def run_ray(order, cfg, out: str, debug: bool, handle, stopped) -> None:
 
     @ray.remote(num_cpus=1, num_gpus=n_gpu, max_restarts=0)
     class Worker:
-        def run(self, unit, config, out_path, dbg):
-            wcfg = config
+        @staticmethod
+        def _cfg(config):
             if n_gpu:  # Ray gives each actor one GPU, visible as cuda:0
                 from dataclasses import replace
 
-                wcfg = replace(config, device="cuda:0")
-            return process_unit(unit, wcfg, out_path, dbg)
+                return replace(config, device="cuda:0")
+            return config
 
-    from ray.util import ActorPool
+        def ready(self, config):
+            from .engine import build_pipeline
 
-    actors = [Worker.remote() for _ in range(max(1, min(cfg.workers, len(order))))]
-    pool = ActorPool(actors)
+            build_pipeline(self._cfg(config))  # models load here: missing weights, unusable GPU...
+            return True
+
+        def run(self, unit, config, out_path, dbg):
+            return process_unit(unit, self._cfg(config), out_path, dbg)
+
+    def one_line(e) -> str:
+        cause = getattr(e, "cause", None) or e
+        return f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}"
+
+    n = max(1, min(cfg.workers, len(order)))
+    actors = [Worker.remote() for _ in range(n)]
     try:
-        pending = iter(order)
-        # keep every actor busy, one video at a time (a shared queue, largest first)
-        for u in pending:
-            if not pool.has_free():
-                handle(pool.get_next_unordered())
-                if stopped():
-                    return
-            pool.submit(lambda a, unit: a.run.remote(unit, cfg, out, debug), u)
-        while pool.has_next():
-            handle(pool.get_next_unordered())
+        try:  # every actor loads its models before any video is sent: a node that cannot is one line
+            ray.get([a.ready.remote(cfg) for a in actors])
+        except ray.exceptions.RayError as e:
+            raise ClusterError(f"a Ray worker cannot start: {one_line(e)}") from None
+        pending: dict = {}  # object ref -> (unit, actor)
+        todo = iter(order)
+
+        def submit(actor) -> None:
+            u = next(todo, None)
+            if u is not None:
+                pending[actor.run.remote(u, cfg, out, debug)] = (u, actor)
+
+        for a in actors:
+            submit(a)
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            u, a = pending.pop(ref)
+            try:
+                r = ray.get(ref)
+            except ray.exceptions.RayActorError as e:  # the worker process died (OOM kill, node lost)
+                r = _failed(u, out, f"the Ray worker processing it died ({one_line(e)})")
+                actors.append(Worker.remote())  # a replacement takes the next video
+                a = actors[-1]
+            except ray.exceptions.RayError as e:
+                r = _failed(u, out, f"internal error on a Ray worker: {one_line(e)}")
+            handle(r)
             if stopped():
                 return
+            submit(a)
     finally:
         for a in actors:
             ray.kill(a)
+
+
+def _failed(unit, out: str, cause: str):
+    """A failure the worker could not record itself: recorded here, never over finished results."""
+    from . import store
+    from .engine import Result, _old_video
+    from .version import __version__
+
+    shard = store.shards_dir(out) / store.shard_name(unit.key)
+    old = _old_video(shard)[0]
+    if old and old.get("status") == store.STATUS_DONE:
+        cause += " (the results of an earlier run of this video are kept)"
+    else:
+        try:
+            store.write_failure(out, unit.key, {"key": unit.key, "source_path": unit.path, "error": cause,
+                                                "facekit_version": __version__})
+        except OSError:
+            pass
+    return Result(unit.key, unit.path, "failed", error=cause)

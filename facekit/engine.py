@@ -29,7 +29,7 @@ from . import stages as stages_mod
 from . import store
 from .config import DEFAULT_STAGES, Config
 from .inputs import Unit, collect, select_shard
-from .media import MediaError, iter_frames, prefetch, probe, read_audio
+from .media import SAMPLE_RATE, MediaError, iter_frames, prefetch, probe, read_audio
 from .version import __version__
 
 INDEX_EVERY_SEC = 60.0  # rebuild the index this often during long runs
@@ -188,26 +188,52 @@ AUDIO_GROUP_VIDEOS = 64
 AUDIO_GROUP_SEC = 600.0
 
 
+def _will_compute(unit: Unit, config: Config, pipe, out: str, stage_name: str) -> bool:
+    """Will ``process_unit`` compute stage ``stage_name`` for ``unit`` (not skip the video, not reuse
+    the stage's stored output from this store or from a store given as input)?"""
+    params = _stage_params(pipe, config, unit)
+    shard = store.shards_dir(out) / store.shard_name(unit.key)
+    stamp = _source_stamp(unit)
+    old, old_done, skip = _finished(unit, config, shard, stamp, params)
+    if skip is not None:
+        return False
+    src = unit.reuse_from or (str(shard) if old_done else None)
+    if src:
+        a = _old_video(Path(src))[0] if unit.reuse_from else old
+        if a and a.get("status") == store.STATUS_DONE and all(a.get(k) == v for k, v in stamp.items()) \
+                and (a.get("stage_params") or {}).get(stage_name) == params[stage_name]:
+            return False  # audio stages are reused independently of the others
+    return True
+
+
 def _precompute_audio(group, pipe, config: Config, out: str, cache: dict) -> None:
-    """Decode the audio of the videos of ``group`` that will be computed and hand the tracks to the
-    stages with ``precompute_audio`` (one batched pass); ``cache`` keeps (samples, start, warnings)
-    per path so that ``process_unit`` does not decode them again. Any problem: left to process_unit."""
+    """Decode the audio of the videos of ``group`` whose batching stages (``precompute_audio``) will
+    run, at most ``AUDIO_GROUP_SEC`` seconds in all, and hand the tracks to those stages in one
+    batched pass; ``cache`` keeps (samples, start, warnings) per path so that ``process_unit`` does
+    not decode them again. Any problem (no audio, unreadable, the batched pass failing, e.g. out of
+    GPU memory) is left to ``process_unit``, which then works on each video alone and records it."""
     batchers = [s for s in pipe if hasattr(s, "precompute_audio")]
-    tracks = []
+    tracks, total = {s.name: [] for s in batchers}, 0
     for u in group:
         try:
-            params = _stage_params(pipe, config, u)
-            shard = store.shards_dir(out) / store.shard_name(u.key)
-            if _finished(u, config, shard, _source_stamp(u), params)[2] is not None:
+            wanted = [s for s in batchers if _will_compute(u, config, pipe, out, s.name)]
+            if not wanted:
                 continue
             w: list[str] = []
             samples, start = read_audio(u.path, warnings=w)
         except Exception:  # noqa: BLE001 - no audio, unreadable...: process_unit reports it
             continue
         cache[u.path] = (samples, start, w)
-        tracks.append(samples)
+        for s in wanted:
+            tracks[s.name].append(samples)
+        total += samples.size
+        if total >= AUDIO_GROUP_SEC * SAMPLE_RATE:
+            break  # the rest of the group is decoded by process_unit, one video at a time
     for s in batchers:
-        s.precompute_audio(tracks)
+        try:
+            s.precompute_audio(tracks[s.name])
+        except Exception:  # noqa: BLE001 - each video is then encoded alone (and fails alone)
+            s.precompute_audio([])
 
 
 def _audio_groups(order, pipe):
@@ -216,15 +242,8 @@ def _audio_groups(order, pipe):
         for u in order:
             yield [u]
         return
-    group, sec = [], 0.0
-    for u in order:
-        group.append(u)
-        sec += max(u.size, 0) / 16000.0 / 2  # a cheap bound: ~2 bytes a sample or more in any file
-        if len(group) >= AUDIO_GROUP_VIDEOS or sec >= AUDIO_GROUP_SEC:
-            yield group
-            group, sec = [], 0.0
-    if group:
-        yield group
+    for i in range(0, len(order), AUDIO_GROUP_VIDEOS):  # (_precompute_audio bounds the seconds)
+        yield order[i:i + AUDIO_GROUP_VIDEOS]
 
 
 def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_frames=None,
@@ -391,6 +410,10 @@ def _filter_of_attrs(attrs: dict) -> dict:
     return {k: f.get(k) for k in ("max_faces", "primary", "per_shot")} if f else {}
 
 
+#: stages whose stored outputs use track ids (see _carry_forward)
+TRACK_DEPENDENT = ("crop", "parse", "embed")
+
+
 def _carry_forward(old: dict | None, shard: Path, key: str, pipe, params: dict, reused: set, writer) -> dict:
     """Copy stages stored by an earlier run but not asked for now, when still valid.
 
@@ -404,12 +427,20 @@ def _carry_forward(old: dict | None, shard: Path, key: str, pipe, params: dict, 
     frame_run = any(s.consumes == "frames" for s in pipe)
     faces_same = (not frame_run) or ("detect" in reused and not writer.filtered)
     unchanged = set(reused)
+    # stages whose stored outputs depend on the track ids without requiring the track stage: crop
+    # images and parse masks are filed by track, embed pools by track, --smooth filters along
+    # tracks. When this run recomputes track (e.g. --track-rejoin), they are not carried: dropped,
+    # never stale.
+    track_recomputed = "track" in params and "track" not in reused
     carried: dict = {}
     for name in stages_mod.CANONICAL_ORDER:
         if name in params or name not in old_params or name not in stages_mod.REGISTRY:
             continue
         cls = stages_mod.REGISTRY[name]
         if cls.consumes == "frames" and not faces_same:
+            continue
+        if track_recomputed and (name in TRACK_DEPENDENT or
+                                 (name == "landmarks" and (old_params[name] or {}).get("smoothing"))):
             continue
         if all(r in unchanged for r in cls.requires):
             carried[name] = old_params[name]
@@ -590,7 +621,7 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
     store.check_writable(out)
     pipe = build_pipeline(check_cfg)  # load models now: a missing model stops the run before any work
     device_warnings = [] if gpu_slots[0] is None or device_mod.stages_on_gpu(pipe) else [
-        f"--device {cfg.device}: no stage of this run uses the GPU (GPU stages: crop, landmarks with fan2d/fan3d)"]
+        f"--device {cfg.device}: no stage of this run uses the GPU (GPU stages: crop, landmarks with fan2d/fan3d, parse with farl-*, embed, whisper, vggish)"]
 
     audio_only = all(stages_mod.REGISTRY[n].consumes == "audio" for n in cfg.stages)
     units, problems, warnings = collect(list(inputs), cfg.frame_folders, stdin=stdin, audio=audio_only)
@@ -669,14 +700,19 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
                 audio_cache: dict = {}
                 if len(group) > 1:
                     _precompute_audio(group, pipe, cfg, out, audio_cache)
-                for u in group:
-                    if not fbar.disable:  # (the guess costs a probe)
-                        fbar.reset(total=_expected_frames(u, cfg))
-                        fbar.set_description_str(u.key[-30:], refresh=False)
-                    handle(process_unit(u, cfg, out, debug, on_frames=lambda n, info: fbar.update(n),
-                                        audio_cache=audio_cache))
-                    if stopped:
-                        break
+                try:
+                    for u in group:
+                        if not fbar.disable:  # (the guess costs a probe)
+                            fbar.reset(total=_expected_frames(u, cfg))
+                            fbar.set_description_str(u.key[-30:], refresh=False)
+                        handle(process_unit(u, cfg, out, debug, on_frames=lambda n, info: fbar.update(n),
+                                            audio_cache=audio_cache))
+                        if stopped:
+                            break
+                finally:
+                    for s in pipe:  # features of videos not used (stopped run): not kept in memory
+                        if hasattr(s, "precompute_audio"):
+                            s.precompute_audio([])
                 if stopped:
                     break
         else:
@@ -685,6 +721,19 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
             ctx = mp.get_context("spawn")  # fork after threads/models is unsafe (and CUDA)
             slots = None
             if gpu_slots[0] is not None:
+                # the models this process loaded to check them would sit on the first GPU beside
+                # its worker's copy for the whole run: let them go
+                del pipe
+                _PIPELINES.clear()
+                import gc
+
+                gc.collect()
+                try:
+                    import torch
+
+                    torch.cuda.empty_cache()
+                except Exception:  # noqa: BLE001 - no torch, or no CUDA: nothing held
+                    pass
                 slots = ctx.Queue()
                 for g in gpu_slots:
                     slots.put(g)

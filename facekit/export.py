@@ -91,7 +91,8 @@ def export(store_path, to, format: str = "npy", clock: str = "video", method: st
     ``format``: npy or csv. ``clock``: ``video``, an audio stream name, or ``native``. ``method``:
     nearest, linear or mean (``facekit.clock``). ``streams``: names (``mel``, ``faces.landmarks``...)
     or None for every audio stream and face dataset except crops/masks/affines. ``faces``: primary
-    or largest (one face per frame). ``keys``: only these videos.
+    or largest (one face per frame; videos without tracks use largest, noted in the manifest).
+    ``keys``: only these videos.
     """
     if format not in FORMATS:
         raise ExportError(f"unknown format {format!r} (choose from {', '.join(FORMATS)})")
@@ -140,6 +141,10 @@ def export(store_path, to, format: str = "npy", clock: str = "video", method: st
             folder = to / key
             folder.mkdir(parents=True, exist_ok=True)
             entry = {}
+            sel = faces
+            if faces == "primary" and (v.tracks is None or "primary" not in v.tracks):
+                sel = "largest"  # no track stage in this video: the largest face of each frame
+                entry["faces"] = "largest (no tracks/primary)"
             index = v.frames.index if clock == "video" else None
             if clock != "native":
                 t = v.clock(clock)
@@ -153,7 +158,7 @@ def export(store_path, to, format: str = "npy", clock: str = "video", method: st
                     entry[name] = None  # e.g. no face stage ran for this video
                     continue
                 try:
-                    data, ts = v.stream(_store_name(name), clock=clock, method=method, faces=faces)
+                    data, ts = v.stream(_store_name(name), clock=clock, method=method, faces=sel)
                 except KeyError as e:
                     raise ExportError(f"{key}: {name}: {e.args[0]}") from None
                 idx = index

@@ -234,7 +234,8 @@ def _check_video(g, attrs: dict, read_data: bool, h5py) -> list[str]:
                 isinstance(g.get(path), h5py.Dataset)
             if not there:
                 missing.setdefault(path, stage)
-        if stage == "embed" and isinstance(p, dict):  # one dataset per backbone (and per-track means)
+        if stage == "embed" and isinstance(p, dict) and attrs.get("video_status") != "no video":
+            # one dataset per backbone (and per-track means)
             for m in p.get("models") or {}:
                 if not isinstance(g.get(f"faces/embed/{m}"), h5py.Dataset):
                     missing.setdefault(f"faces/embed/{m}", stage)

@@ -379,3 +379,28 @@ def test_cuda_without_a_usable_gpu_is_refused_not_silently_cpu():
         pytest.skip("this onnxruntime has the CUDA provider")
     with pytest.raises(StageError, match="no CUDA provider"):
         EmbedStage(Config(device="cuda:0", embed="sface"))
+
+
+def test_audio_file_in_an_embed_run_verifies(clips, tmp_path):
+    import mediagen
+
+    wav = mediagen.audio_only(tmp_path / "s.wav", duration=0.5)
+    out = tmp_path / "m.h5"
+    s = facekit.extract([str(wav), str(clips["face"])], out, stages="embed,mel", embed_pool="track", progress=False)
+    assert s.ok, s.to_dict()
+    rep = facekit.verify(out)
+    assert rep["ok"], rep["problems"]
+
+
+def test_recomputed_tracks_drop_stored_outputs_filed_by_track(clips, tmp_path):
+    """Crops written as images per track are not carried into a run that re-does the tracks."""
+    out, images = tmp_path / "c.h5", tmp_path / "img"
+    facekit.extract([str(clips["face"])], out, stages="crop,embed", images=str(images), embed_pool="track",
+                    progress=False)
+    facekit.extract([str(clips["face"])], out, stages="detect,track", track_rejoin=0.3, progress=False)
+    with facekit.open(out) as st:
+        v = st["face.mp4"]
+        assert "crop" not in v.attrs["stage_params"] and "embed" not in v.attrs["stage_params"]
+        assert "align" in v.attrs["stage_params"]  # does not depend on track ids: carried
+        assert "tracks/embed" not in v.group
+    assert facekit.verify(out)["ok"]

@@ -130,3 +130,15 @@ def test_audio_in_any_rate_and_channel_count(tmp_path):
             assert abs(len(mel) - 101) <= 1, (k, len(mel))  # 1 s at 16 kHz: 1 + 16000 // 160
             assert np.isfinite(mel.data).all() and mel.attrs["audio_status"] == "ok"
         assert st["d_silence.wav"].audio["mel"].data.max() == pytest.approx(-100.0)  # the log floor
+
+
+def test_export_of_a_store_without_tracks_uses_the_largest_face(clips, tmp_path):
+    out = tmp_path / "d.h5"
+    facekit.extract([str(clips["face"])], out, stages="detect", progress=False)
+    m = export(out, tmp_path / "x", progress=False)
+    entry = m["videos"]["face.mp4"]
+    assert entry["faces"].startswith("largest") and entry["faces.box"] == [20, 4]
+    with facekit.open(out) as st:
+        rows = st["face.mp4"].faces.rows_per_frame("largest")
+        np.testing.assert_array_equal(np.load(tmp_path / "x" / "face.mp4" / "faces.box.npy")[rows >= 0],
+                                      st["face.mp4"].faces.box[rows[rows >= 0]])

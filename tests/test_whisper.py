@@ -399,3 +399,18 @@ def test_device_errors():
             fw.WhisperStage(Config(device="cuda:0"))
     with pytest.raises(stages.StageError, match="--device"):
         fw.WhisperStage(Config(device="tpu"))
+
+
+def test_a_failing_cross_video_batch_falls_back_to_one_video_at_a_time(ckpts, clips, tmp_path, monkeypatch):
+    """The batched pass failing (e.g. out of GPU memory) costs nothing: each video is encoded alone."""
+    real = fw.WhisperStage.encode_many
+
+    def flaky(self, tracks):
+        if len(tracks) > 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(self, tracks)
+
+    monkeypatch.setattr(fw.WhisperStage, "encode_many", flaky)
+    s = facekit.extract([str(clips["face"]), str(clips["face2"])], tmp_path / "w.h5", progress=False,
+                        stages="whisper", whisper_model="tiny.en", weights={"whisper-tiny.en": str(ckpts("tiny.en"))})
+    assert s.ok and len(s.processed) == 2, s.to_dict()

@@ -74,7 +74,8 @@ class DetectStage(stages.Stage):
                 "velocity_gain": follow.VELOCITY_GAIN, "max_gap_sec": follow.MAX_GAP_SEC,
                 "min_iod_px": follow.MIN_IOD_PX, "outside_frac": follow.OUTSIDE_FRAC,
                 "scale_jump": follow.SCALE_JUMP, "move_jump": follow.MOVE_JUMP, "shape_jump": follow.SHAPE_JUMP,
-                "dup_iou": follow.DUP_IOU, "cut_threshold": CUT_THRESHOLD}
+                "dup_iou": follow.DUP_IOU, "cut_threshold": CUT_THRESHOLD,
+                "patch_side": follow.PATCH_SIDE, "min_ncc": follow.MIN_NCC}
         return p
 
     def begin(self, writer, info) -> None:

@@ -525,9 +525,11 @@ class EmbedStage(stages.Stage):
             writer.append(f"faces/embed/{n}", e.astype(c_dtype(self.config)))
 
     def end(self, writer) -> None:
+        g = writer.group
+        if "tracks/embed" in g:  # copied with a replayed track stage (runs before this): not this run's
+            del g["tracks/embed"]
         if self.config.embed_pool != "track":
             return
-        g = writer.group
         if "tracks/id" not in g or "faces/track" not in g:
             raise stages.StageError("--embed-pool track needs the track stage")
         ids = g["tracks/id"][()]
