@@ -106,3 +106,41 @@ class Config:
         if unknown:
             raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
         return cls(**kw)
+
+
+#: Options that only matter to some stages: an option changed from its default in a run without any
+#: of them has no effect, and the run says so (a warning, not an error: Makefiles share option sets).
+OPTION_STAGES = {
+    "detector": ("detect",), "det_threshold": ("detect",), "det_nms": ("detect",), "det_size": ("detect",),
+    "detect_every": ("detect",), "track_max_gap": ("track",), "per_shot": ("track",),
+    "landmarker": ("landmarks",), "smooth_min_cutoff": ("landmarks",), "smooth_beta": ("landmarks",),
+    "align_template": ("align",), "crop_size": ("align",), "crop_margin": ("align",),
+    "crops_in_store": ("crop",), "images": ("crop",), "image_format": ("crop",), "write_images": ("crop",),
+    "track_videos": ("crop",), "parser": ("parse",),
+    "embed": ("embed",), "embed_dtype": ("embed",), "embed_pool": ("embed",), "embed_batch": ("embed",),
+    **{f"mel_{k}": ("mel",) for k in ("n_mels", "n_fft", "hop", "window", "fmin", "fmax", "log_floor", "deltas",
+                                      "delta_window")},
+    **{f"vggish_{k}": ("vggish",) for k in ("hop", "pad", "postprocess", "batch_size")},
+    **{f"whisper_{k}": ("whisper",) for k in ("model", "layer", "batch_size", "fp32")},
+    "fps": ("detect", "track", "landmarks", "align", "pose", "crop", "parse", "embed"),
+    "max_side": ("detect", "track", "landmarks", "align", "pose", "crop", "parse", "embed"),
+}
+
+
+def ineffective_options(config: "Config") -> list[str]:
+    """CLI spellings (``--mel-hop``) of the options set away from their defaults that no stage of
+    ``config.stages`` uses, and of run options that need another option (``--ray-address`` without
+    ``--backend ray``, ``--workers-per-device`` without a CUDA ``--device``)."""
+    default = Config()
+    stages = set(config.stages or [])
+    out = [name for name, users in OPTION_STAGES.items()
+           if getattr(config, name) != getattr(default, name) and not stages & set(users)]
+    if config.ray_address and config.backend != "ray":
+        out.append("ray_address")
+    if config.workers_per_device != default.workers_per_device and (
+            config.backend == "ray" or not str(config.device).startswith("cuda")):
+        out.append("workers_per_device")
+    spelling = {"image_format": "--format", "write_images": "--no-image-files",
+                "crops_in_store": "--no-store-crops"}
+    return [spelling.get(n, "--" + n.replace("_", "-")) for n in out]
+

@@ -620,7 +620,11 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
     out = os.fspath(out)
     store.check_writable(out)
     pipe = build_pipeline(check_cfg)  # load models now: a missing model stops the run before any work
-    device_warnings = [] if gpu_slots[0] is None or device_mod.stages_on_gpu(pipe) else [
+    from .config import ineffective_options
+
+    device_warnings = [f"{opt} has no effect in this run (stages: {','.join(cfg.stages)})"
+                       for opt in ineffective_options(cfg)]
+    device_warnings += [] if gpu_slots[0] is None or device_mod.stages_on_gpu(pipe) else [
         f"--device {cfg.device}: no stage of this run uses the GPU (GPU stages: crop, landmarks with fan2d/fan3d, parse with farl-*, embed, whisper, vggish)"]
 
     audio_only = all(stages_mod.REGISTRY[n].consumes == "audio" for n in cfg.stages)

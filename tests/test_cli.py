@@ -180,3 +180,13 @@ def test_audio_command_takes_audio_files_from_folders(tmp_path):
     assert r.exit_code == 0 and s["processed"] == 2
     with facekit.open(tmp_path / "a.h5") as st:
         assert sorted(st) == ["a.wav", "b.m4a"] and st["a.wav"].audio["mel"].data.shape[0] == 51
+
+
+def test_options_without_effect_are_named(clips, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "facekit", "detect", str(clips["face"]), "-o", str(tmp_path / "d.h5"),
+                        "--mel-hop", "320", "--parser", "farl-lapa", "--det-threshold", "0.7"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    warned = [ln for ln in r.stderr.splitlines() if "has no effect" in ln]
+    assert len(warned) == 2 and "--mel-hop" in warned[0] + warned[1] and "--parser" in warned[0] + warned[1]
+    assert all(ln.startswith("facekit: warning: ") for ln in warned)  # --det-threshold is used: no warning
