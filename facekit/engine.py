@@ -490,6 +490,19 @@ class _Replay:
         self._file.close()
 
 
+def _prepared(batches, ahead):
+    """``batches`` with each stage of ``ahead`` having run ``prepare`` on every batch."""
+    try:
+        for batch in batches:
+            for s in ahead:
+                s.prepare(batch)
+            yield batch
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
 def _run_frames(unit, info, config, todo, writer, warnings, on_frames=None) -> int:
     writer.create("frames/t", dtype="f8", attrs={"units": "seconds", "description": "presentation time"})
     writer.create("frames/index", dtype="i8", attrs={"description": "position in the decoded stream"})
@@ -499,7 +512,11 @@ def _run_frames(unit, info, config, todo, writer, warnings, on_frames=None) -> i
     scale = 1.0
     batches = iter_frames(unit.path, batch_size=config.batch_size, fps=config.fps, max_side=config.max_side,
                           frame_rate=config.frame_rate, info=info, warnings=warnings)
-    for batch in prefetch(batches, depth=2):
+    batches = prefetch(batches, depth=2)  # decoding runs in a background thread
+    ahead = [s for s in todo if getattr(s, "prepares", False)]
+    if ahead:  # and so does the stages' work that needs no other stage (detection), one batch ahead
+        batches = prefetch(_prepared(batches, ahead), depth=1)
+    for batch in batches:
         batch.faces.clear()  # per-face arrays of this batch, filled by the stages in order
         writer.append("frames/t", batch.t_sec)
         writer.append("frames/index", batch.index)
@@ -554,10 +571,13 @@ def _problem_record_key(path: str, taken: set[str], out: str) -> str:
     return key
 
 
-def _init_worker(gpu_slots=None):
+def _init_worker(gpu_slots=None, threads: int | None = None):
+    import os
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    if threads and "FACEKIT_THREADS" not in os.environ:
+        os.environ["FACEKIT_THREADS"] = str(threads)  # the detector's onnxruntime threads: a share of the CPUs
     if gpu_slots is not None:  # --device cuda: each worker takes one GPU slot and keeps it
         import queue
 
@@ -741,7 +761,10 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
                 slots = ctx.Queue()
                 for g in gpu_slots:
                     slots.put(g)
-            with ctx.Pool(n_procs, initializer=_init_worker, initargs=(slots,)) as pool:
+            from .face.yunet import default_threads
+
+            threads = max(1, default_threads() // n_procs)
+            with ctx.Pool(n_procs, initializer=_init_worker, initargs=(slots, threads)) as pool:
                 for r in pool.imap_unordered(_work, [(u, cfg, out, debug) for u in order]):
                     handle(r)
                     if stopped:

@@ -96,6 +96,9 @@ class FrameBatch:
     #: per-face arrays of this batch, filled by the face stages in order (name -> [N, ...]; display
     #: pixels; ``faces["frame"]`` holds frame rows of the whole video, see facekit.stages)
     faces: dict = field(default_factory=dict)
+    #: results computed ahead of the stages, in a background thread (stage name -> its own value;
+    #: see ``Stage.prepare``)
+    prepared: dict = field(default_factory=dict)
 
 
 def to_display(xy, scale: float):

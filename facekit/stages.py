@@ -6,6 +6,10 @@ consumes (``"frames"`` or ``"audio"``), the stages it ``requires``, and the stor
 ``Config`` (models load then, never per video) and then fed every video:
 
     stage.begin(writer, info)                 create its datasets (empty, right shapes)
+    stage.prepare(batch)                      optional (when ``prepares`` is true): work on a batch that
+                                              needs no other stage's output, run by the engine in a
+                                              background thread one batch ahead (results go to
+                                              ``batch.prepared[name]``), so it overlaps the other stages
     stage.on_frames(batch, row0, writer)      frame stages: one FrameBatch at a time; the faces
                                               found so far in the batch are in ``batch.faces``
                                               (name -> array, one row per face, display pixels)
@@ -35,6 +39,8 @@ class Stage:
     consumes: ClassVar[str]  # "frames" or "audio"
     requires: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
+    #: whether ``prepare`` does anything (the engine then runs it ahead, in a background thread)
+    prepares: bool = False
 
     def __init__(self, config):
         self.config = config
@@ -44,6 +50,9 @@ class Stage:
         raise NotImplementedError
 
     def begin(self, writer, info) -> None:
+        pass
+
+    def prepare(self, batch) -> None:
         pass
 
     def on_frames(self, batch, row0: int, writer) -> None:

@@ -49,6 +49,7 @@ class DetectStage(stages.Stage):
             raise stages.StageError(f"--detect-every {config.detect_every}: must be a whole number >= 1")
         self.detector = load_detector(config.detector, config.weights, config.det_threshold, config.det_nms)
         self.landmarker = None
+        self.prepares = self.every == 1  # detection runs ahead, in the engine's background thread
         #: stages whose stored outputs were computed together with this one's: reused only together
         self.reuse_with = ("landmarks",) if self.every > 1 else ()
         if self.every > 1:
@@ -62,7 +63,7 @@ class DetectStage(stages.Stage):
     @property
     def params(self) -> dict:
         c = self.config
-        p = {"detector": c.detector, "weights_sha256": self.detector.weights.sha256,
+        p = {"detector": c.detector, "runtime": self.detector.runtime, "weights_sha256": self.detector.weights.sha256,
              "det_threshold": c.det_threshold, "det_nms": c.det_nms, "det_size": c.det_size}
         if self.every > 1:  # (absent for 1, so stores of earlier versions stay valid)
             from .tracking import CUT_THRESHOLD
@@ -107,26 +108,46 @@ class DetectStage(stages.Stage):
                 "detected_frames": fol.n_detected, "followed_frames": fol.n_followed,
                 "extra_keyframes": dict(sorted(fol.reasons.items()))})
 
-    def _detect(self, rgb, scale: float):
-        """Faces of one processed frame: boxes [n,4], scores [n], kps5 [n,5,2] in display pixels."""
+    def _det_input(self, rgb):
+        """The detector's image of one processed frame and its scale (``--det-size`` downscaling)."""
         import cv2
 
         h, w = rgb.shape[:2]
-        s = 1.0
         if self.config.det_size and max(h, w) > self.config.det_size:
             s = self.config.det_size / max(h, w)
             rgb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-            s = (rgb.shape[1] / w + rgb.shape[0] / h) / 2  # the scale actually applied
-        b, sc, k = self.detector.detect(rgb)
-        total = s * scale  # display -> detector image (two area resizes compose)
-        return to_display(b, total), sc, to_display(k, total)
+            return rgb, (rgb.shape[1] / w + rgb.shape[0] / h) / 2  # the scale actually applied
+        return rgb, 1.0
+
+    def _detect_many(self, frames, scale: float):
+        """Faces of processed frames: per frame (boxes [n,4], scores [n], kps5 [n,5,2]) in display
+        pixels. Frames go to the detector together (one batched call per run of same-size images)."""
+        inputs = [self._det_input(rgb) for rgb in frames]
+        out = []
+        for (_, s), (b, sc, k) in zip(inputs, self.detector.detect_batch([im for im, _ in inputs])):
+            total = s * scale  # display -> detector image (two area resizes compose)
+            out.append((to_display(b, total), sc, to_display(k, total)))
+        return out
+
+    def _detect(self, rgb, scale: float):
+        """Faces of one processed frame: boxes [n,4], scores [n], kps5 [n,5,2] in display pixels."""
+        return self._detect_many([rgb], scale)[0]
+
+    def prepare(self, batch) -> None:
+        """Detect the faces of a batch ahead of ``on_frames`` (the engine calls this in a background
+        thread, one batch ahead, so detection overlaps the other stages). Only without keyframes:
+        following needs the previous frame's landmarks."""
+        if self.every == 1:
+            batch.prepared[self.name] = self._detect_many(batch.rgb, batch.scale)
 
     def on_frames(self, batch, row0: int, writer) -> None:
         if self.every > 1:
             return self._on_frames_follow(batch, row0, writer)
+        found = batch.prepared.pop(self.name, None)
+        if found is None:
+            found = self._detect_many(batch.rgb, batch.scale)
         frame_rows, boxes, scores, kps = [], [], [], []
-        for i, rgb in enumerate(batch.rgb):
-            b, sc, k = self._detect(rgb, batch.scale)
+        for i, (b, sc, k) in enumerate(found):
             frame_rows.append(np.full(len(b), row0 + i, np.int64))
             boxes.append(b)
             scores.append(sc)
