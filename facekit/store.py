@@ -29,6 +29,8 @@ import os
 import secrets
 import socket
 import time
+import zlib
+from collections import deque
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +42,8 @@ import numpy as np
 
 from .version import SCHEMA_VERSION, __version__
 
+GZIP_LEVEL = 4  # h5py's level for compression="gzip"
+COMPRESS_THREADS = 2  # threads gzip-compressing chunks of a shard in the background (zlib frees the GIL)
 SHARD_SUFFIX = ".h5"
 TMP_SUFFIX = ".tmp"
 STATUS_DONE = "done"
@@ -288,13 +292,27 @@ class VideoWriter:
             self.file, self.io = create_h5(self.tmp)
             set_attrs(self.file, {"facekit_version": __version__, "schema_version": SCHEMA_VERSION,
                                   "kind": "shard"})
-            self.group = self.file.create_group(video_path(key))
-            self.group.attrs["key"] = key
+            self._group = self.file.create_group(video_path(key))
+            self._group.attrs["key"] = key
+            self._compressors: dict[str, _ChunkCompressor] = {}
+            self._pool = None
             self.check()
         except BaseException:
             self.abort()
             raise
         self.filtered: dict = {}  # set when --max-faces/--primary dropped faces (see engine)
+
+    @property
+    def group(self) -> h5py.Group:
+        """The video's group, every row appended so far written (background compression done)."""
+        self.flush()
+        return self._group
+
+    def flush(self) -> None:
+        """Finish the chunks being compressed in the background and write the rows still waiting."""
+        for c in self._compressors.values():
+            c.flush()
+        self.check()
 
     def check(self) -> None:
         """Raise the write error that happened since the file was created (as OSError), if any."""
@@ -314,20 +332,33 @@ class VideoWriter:
             kw = dict(maxshape=(None, *shape_tail), chunks=(rows, *shape_tail))
         if compression:
             kw["compression"] = compression
-        ds = self.group.create_dataset(name, shape=shape, dtype=dtype, data=data, **kw)
+        ds = self._group.create_dataset(name, shape=shape, dtype=dtype, data=data, **kw)
         if attrs:
             set_attrs(ds, attrs)
+        if growable and _ChunkCompressor.handles(ds):
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(COMPRESS_THREADS, thread_name_prefix="facekit-gzip")
+            self._compressors[name] = _ChunkCompressor(ds, self._pool)
         self.check()
         return ds
 
     def append(self, name: str, rows) -> None:
+        """Append ``rows`` along axis 0. Rows of a gzip-compressed dataset are compressed a whole
+        chunk at a time in background threads (the caller goes on meanwhile; ``group`` and
+        ``commit`` wait for them)."""
         rows = np.asarray(rows)
-        ds = self.group[name]
-        n = ds.shape[0]
         if rows.shape[0] == 0:
             return
-        ds.resize(n + rows.shape[0], axis=0)
-        ds[n:] = rows
+        comp = self._compressors.get(name)
+        if comp is not None:
+            comp.append(rows)
+        else:
+            ds = self._group[name]
+            n = ds.shape[0]
+            ds.resize(n + rows.shape[0], axis=0)
+            ds[n:] = rows
         self.check()
 
     def commit(self, attrs: dict) -> Path:
@@ -335,7 +366,8 @@ class VideoWriter:
 
         Raises OSError (the temporary file removed, nothing renamed) when any write failed."""
         try:
-            set_attrs(self.group, attrs)
+            set_attrs(self.group, attrs)  # (waits for the background compression)
+            self._stop_pool()
             self.file.flush()
             self.check()
             self.file.close()
@@ -353,8 +385,15 @@ class VideoWriter:
         _fsync_dir(self.dir)
         return self.final
 
+    def _stop_pool(self, cancel: bool = False) -> None:
+        pool, self._pool = getattr(self, "_pool", None), None
+        self._compressors = {}
+        if pool is not None:
+            pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
     def abort(self) -> None:
         """Throw the temporary file away (nothing more reaches the disk). Never raises."""
+        self._stop_pool(cancel=True)
         if self.io is not None:
             self.io.sink()
         try:
@@ -368,6 +407,72 @@ class VideoWriter:
             os.unlink(self.tmp)
         except OSError:
             pass
+
+
+class _ChunkCompressor:
+    """Appends to a growable gzip dataset, compressed off the calling thread.
+
+    Whole chunks are gzip-compressed (``zlib.compress``, the stream HDF5's deflate filter writes and
+    reads) in a thread pool and written in order with ``write_direct_chunk``; rows that do not fill
+    a chunk wait for the next append, or ``flush``, which writes them the ordinary way (HDF5
+    compresses that last partial chunk itself). Readers see an ordinary gzip dataset."""
+
+    def __init__(self, ds: h5py.Dataset, pool):
+        self.ds, self.pool = ds, pool
+        self.rows = ds.chunks[0]
+        self.waiting: list[np.ndarray] = []  # rows not yet in a chunk being compressed
+        self.n_waiting = 0
+        self.in_flight: deque = deque()  # (first row, future of the compressed bytes), in row order
+        self.n_rows = ds.shape[0]  # rows written or in flight
+
+    @staticmethod
+    def handles(ds: h5py.Dataset) -> bool:
+        return (ds.compression == "gzip" and ds.compression_opts == GZIP_LEVEL and not ds.shuffle
+                and not ds.fletcher32 and ds.scaleoffset is None and ds.chunks is not None
+                and all(c == s for c, s in zip(ds.chunks[1:], ds.shape[1:])))
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.array(rows, dtype=self.ds.dtype, order="C")  # a copy: the caller may reuse its array
+        if self.n_rows % self.rows and not self.waiting:  # realign after a flush mid-chunk
+            k = min(len(rows), self.rows - self.n_rows % self.rows)
+            self._write_plain(rows[:k])
+            rows = rows[k:]
+        if len(rows):
+            self.waiting.append(rows)
+            self.n_waiting += len(rows)
+        if self.n_waiting >= self.rows:
+            rows = np.concatenate(self.waiting) if len(self.waiting) > 1 else self.waiting[0]
+            full = len(rows) // self.rows * self.rows
+            for i in range(0, full, self.rows):
+                chunk = rows[i:i + self.rows]
+                self.in_flight.append((self.n_rows, self.pool.submit(zlib.compress, chunk, GZIP_LEVEL)))
+                self.n_rows += self.rows
+            rest = rows[full:]
+            self.waiting, self.n_waiting = ([rest] if len(rest) else []), len(rest)
+        self._write_done(wait=False)
+
+    def _write_done(self, wait: bool) -> None:
+        tail = (0,) * (self.ds.ndim - 1)
+        while self.in_flight and (wait or self.in_flight[0][1].done()):
+            row, fut = self.in_flight.popleft()
+            data = fut.result()
+            if self.ds.shape[0] < row + self.rows:
+                self.ds.resize(row + self.rows, axis=0)
+            self.ds.id.write_direct_chunk((row, *tail), data)
+
+    def _write_plain(self, rows: np.ndarray) -> None:
+        self._write_done(wait=True)
+        n = self.ds.shape[0]
+        self.ds.resize(n + len(rows), axis=0)
+        self.ds[n:] = rows
+        self.n_rows = n + len(rows)
+
+    def flush(self) -> None:
+        self._write_done(wait=True)
+        if self.n_waiting:
+            rows = np.concatenate(self.waiting)
+            self.waiting, self.n_waiting = [], 0
+            self._write_plain(rows)
 
 
 def _fsync_dir(d: Path) -> None:

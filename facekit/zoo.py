@@ -88,7 +88,7 @@ def register(model: Model) -> Model:
 register(Model(
     name="yunet",
     task="detect",
-    runtime="opencv",
+    runtime="onnxruntime",
     files=(ModelFile(
         filename="face_detection_yunet_2023mar_int8bq.onnx",
         sha256="49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
