@@ -114,7 +114,8 @@ def test_batch_and_tensor_input(detectors):
         _same(a, b)
     tiny = mediagen.face_image((40, 30))
     _same(det.detect_batch(torch.from_numpy(tiny[None]))[0], ref.detect(tiny))
-    small = YuNetTorch(ref.weights, device="cpu", batch_pixels=1)  # one frame per forward pass
+    assert det.channels_last  # the CPU default; the other layout, one frame per forward pass:
+    small = YuNetTorch(ref.weights, device="cpu", batch_pixels=1, channels_last=False)
     for a, b in zip(small.detect_batch(frames), single):
         _same(a, b)
 
