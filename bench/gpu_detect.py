@@ -12,9 +12,9 @@ size and batch size it prints frames/s of
   torch          the same with the frames already on the device (a uint8 tensor [B, H, W, 3])
   ort            YuNet.detect_batch(the same B frames) in onnxruntime on the CPU (its own chunking)
 
-and the largest box / key point difference torch vs onnxruntime on those frames (pixels), the
-peak GPU memory of the forward pass, the device, threads and versions. Defaults: batches 1,8,32
-on CUDA, 1,4 on the CPU (a 1080p frame takes ~1 s on one core).
+(from the median call time) and the largest box / key point difference torch vs onnxruntime
+on those frames (pixels), the peak GPU memory of the forward pass, the device, threads and
+versions. Defaults: batches 1,8,32 on CUDA, 1,4 on the CPU (a 1080p frame takes ~0.5-1 s there).
 """
 
 from __future__ import annotations
@@ -37,14 +37,16 @@ SIZES = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080)}
 
 
 def _rate(fn, n_frames: int, seconds: float) -> float:
-    """Frames/s of ``fn()`` (which handles n_frames frames): one warm-up call, then calls until
-    ``seconds`` have passed (at least two)."""
+    """Frames/s of ``fn()`` (which handles n_frames frames) from the median time of a call: one
+    warm-up call, then calls until ``seconds`` have passed (at least three); the median, not the
+    mean, because the machines we share have bursts of load from other processes."""
     fn()
-    calls, t0 = 0, time.perf_counter()
-    while calls < 2 or time.perf_counter() - t0 < seconds:
+    times, t0 = [], time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - t0 < seconds:
+        t = time.perf_counter()
         fn()
-        calls += 1
-    return calls * n_frames / (time.perf_counter() - t0)
+        times.append(time.perf_counter() - t)
+    return n_frames / float(np.median(times))
 
 
 def _max_diff(a, b) -> float:

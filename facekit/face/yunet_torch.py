@@ -22,8 +22,9 @@ from .. import zoo
 from .yunet import (BATCH_PIXELS, MIN_SIDE, MODEL_NAME, OUTPUTS, STRIDES, TOP_K, _padded, _pad_min, _to_results,
                     fp32_graph, nms)
 
-#: padded input pixels per forward pass on a GPU: 32 frames of 1080p (1088 x 1920 padded); the
-#: CPU uses yunet.BATCH_PIXELS (8 frames of 640 x 384)
+#: padded input pixels per forward pass on a GPU: 32 frames of 1080p (1088 x 1920 padded; about
+#: 2 GiB of live float32 activations, from the tensor sizes: 64 MiB a frame); the CPU uses
+#: yunet.BATCH_PIXELS (8 frames of 640 x 384)
 GPU_BATCH_PIXELS = 32 * 1088 * 1920
 
 
