@@ -32,7 +32,10 @@ class YuNetTorch:
     """YuNet on a PyTorch device (``"cuda:N"`` or ``"cpu"``); the interface of ``yunet.YuNet``.
 
     ``detect(rgb)`` one image; ``detect_batch(frames)`` a list of RGB uint8 images (same-size runs
-    share forward passes) or a uint8 tensor [B, H, W, 3] (e.g. frames already on the GPU)."""
+    share forward passes) or a uint8 tensor [B, H, W, 3] (e.g. frames already on the GPU).
+    ``score_threshold``, ``nms_threshold``: as ``YuNet``; ``device``: ``"cpu"``, ``"cuda"`` or
+    ``"cuda:N"`` (DeviceError when PyTorch cannot use it); ``batch_pixels``: padded pixels per
+    forward pass; ``channels_last``: NHWC activations (None: on the CPU only). Thread-safe."""
 
     name = MODEL_NAME
     runtime = "torch"
@@ -64,8 +67,8 @@ class YuNetTorch:
         if sorted(net.output_names) != sorted(OUTPUTS):
             raise zoo.ModelError(f"model yunet: {weights.path} has outputs {net.output_names}, "
                                  f"not YuNet's {list(OUTPUTS)}")
-        #: NHWC activations: 1.8x faster on the CPU (oneDNN: 0.6 vs 1.06 s a 720p frame on 2 loaded cores);
-        #: None = on the CPU only (on CUDA: bench/gpu_detect.py --channels-last measures it)
+        #: NHWC activations: 1.7x faster on the CPU (oneDNN: ~155 vs ~270 ms a 720p frame, 2 cores,
+        #: interleaved runs); None = on the CPU only (CUDA: bench/gpu_detect.py --channels-last yes)
         self.channels_last = (self.device == "cpu") if channels_last is None else bool(channels_last)
         net = net.to(self.device).eval()
         self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
