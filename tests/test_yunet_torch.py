@@ -212,6 +212,7 @@ def test_bad_weights_and_devices_one_line(tmp_path):
     with pytest.raises(zoo.ModelError, match="yunet.onnx"):
         YuNetTorch(zoo.Resolved("yunet", bad, "explicit", zoo.sha256_of(bad)), device="cpu")
     w = zoo.resolve("yunet")
+    assert device_mod.torch_device_of("CPU") == "cpu" and YuNetTorch(w, device="cpu").device == "cpu"
     with pytest.raises(device_mod.DeviceError, match="one GPU"):
         YuNetTorch(w, device="cuda:0,1")
     with pytest.raises(device_mod.DeviceError, match="expected cpu, cuda"):
