@@ -188,6 +188,25 @@ def torch_device(config) -> str:
     return f"cuda:{g}"
 
 
+def torch_device_of(device: str) -> str:
+    """``"cpu"`` or ``"cuda:N"`` for a device string naming at most one GPU (``"cuda"``: this
+    process's pinned GPU, else GPU 0), for a model given a device directly rather than a Config
+    (e.g. ``YuNetTorch(device=torch_device(config))``). Raises DeviceError as ``torch_device``."""
+    spec = parse(device)
+    if not spec.is_cuda:
+        return CPU
+    if spec.gpus is not None and len(spec.gpus) > 1:
+        raise DeviceError(f"--device {device}: one model runs on one GPU, name it (cuda:N)")
+    g = spec.gpus[0] if spec.gpus else (_PINNED if _PINNED is not None else 0)
+    n, why = _torch_cuda()
+    if n == 0:
+        raise DeviceError(f"--device {device}: PyTorch cannot use CUDA ({why}); install a CUDA build "
+                          f"of PyTorch (https://pytorch.org/get-started/locally/) or use --device cpu")
+    if g >= n:
+        raise DeviceError(f"--device {device}: PyTorch sees {n} GPU(s), no GPU {g}")
+    return f"cuda:{g}"
+
+
 def cupy_module(config):
     """The ``cupy`` module (current device = this process's GPU) when the config asks for CUDA,
     None on CPU. Raises DeviceError when CUDA is asked for and CuPy cannot use it."""
