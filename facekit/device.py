@@ -11,9 +11,10 @@ a silent fall-back to the CPU: each backend is checked (``torch_device`` for PyT
 ``cupy_module`` for the CuPy crop kernel, ``ort_session`` for ONNX models, which also refuses a
 session that onnxruntime quietly moved to the CPU).
 
-Which stages use the GPU: ``landmarks`` with the FAN models (PyTorch) and ``crop`` (CuPy kernel,
-bit-identical to the CPU path). ``detect`` (YuNet in OpenCV's DNN module), dlib68 landmarks,
-``align``/``pose`` (a few flops per face) and the audio stages stay on the CPU.
+Which stages use the GPU: ``detect`` (YuNet's graph in PyTorch, ``face.yunet_torch``; onnxruntime
+on the CPU), ``landmarks`` with the FAN models (PyTorch), ``crop`` (CuPy kernel, bit-identical to
+the CPU path), ``parse`` with FaRL, ``embed`` and the ``whisper``/``vggish`` audio stages. dlib68
+landmarks, tracking, ``align``/``pose`` (a few flops per face) and log-Mel stay on the CPU.
 """
 
 from __future__ import annotations

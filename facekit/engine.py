@@ -645,7 +645,7 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
     device_warnings = [f"{opt} has no effect in this run (stages: {','.join(cfg.stages)})"
                        for opt in ineffective_options(cfg)]
     device_warnings += [] if gpu_slots[0] is None or device_mod.stages_on_gpu(pipe) else [
-        f"--device {cfg.device}: no stage of this run uses the GPU (GPU stages: crop, landmarks with fan2d/fan3d, parse with farl-*, embed, whisper, vggish)"]
+        f"--device {cfg.device}: no stage of this run uses the GPU (GPU stages: detect, crop, landmarks with fan2d/fan3d, parse with farl-*, embed, whisper, vggish)"]
 
     audio_only = all(stages_mod.REGISTRY[n].consumes == "audio" for n in cfg.stages)
     units, problems, warnings = collect(list(inputs), cfg.frame_folders, stdin=stdin, audio=audio_only)

@@ -163,3 +163,23 @@ def test_cpu_results_unchanged_by_device_option(clips, tmp_path):
         params = v.attrs["stage_params"]
         assert all("device" not in p for p in params.values())
         assert v.faces["crop"].shape[1:] == (112, 112, 3)
+
+
+@no_gpu
+def test_detect_on_cuda_needs_cuda_torch(clips, tmp_path, monkeypatch):
+    """--device cuda runs the detector in PyTorch on the GPU: with a GPU visible but a PyTorch that
+    cannot use it, the run stops before any work with one line (no silent onnxruntime-on-CPU)."""
+    monkeypatch.setattr(device, "visible_gpus", lambda: (1, ""))
+    r = CliRunner().invoke(main, ["detect", str(clips["face"]), "-o", str(tmp_path / "x.h5"), "--device", "cuda"])
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "PyTorch cannot use CUDA" in lines[0]
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_detect_runtime_in_params(clips, tmp_path):
+    import facekit
+
+    s = facekit.extract([clips["face"]], tmp_path / "a.h5", stages="detect", progress=False)
+    with facekit.open(tmp_path / "a.h5") as st:
+        assert st[s.results[0].key].attrs["stage_params"]["detect"]["runtime"] == "onnxruntime"

@@ -25,14 +25,21 @@ DETECTORS = {"yunet": YuNet}
 _CACHE: dict[tuple, object] = {}  # model cache: one detector per (name, weights, thresholds) per process
 
 
-def load_detector(name: str, weights: dict | None = None, score_threshold: float = 0.8, nms: float = 0.3):
-    """The detector ``name`` (loaded once per process and cached)."""
+def load_detector(name: str, weights: dict | None = None, score_threshold: float = 0.8, nms: float = 0.3,
+                  device: str = "cpu"):
+    """The detector ``name`` (loaded once per process and cached). ``device``: ``"cpu"``
+    (onnxruntime) or a torch CUDA device ``"cuda:N"`` (the same graph in PyTorch, ``YuNetTorch``)."""
     if name not in DETECTORS:
         raise zoo.ModelError(f"unknown detector {name!r} (available: {', '.join(DETECTORS)})")
     resolved = zoo.resolve(name, weights)
-    key = (name, str(resolved.path), resolved.sha256, score_threshold, nms)
+    key = (name, str(resolved.path), resolved.sha256, score_threshold, nms, device)
     if key not in _CACHE:
-        _CACHE[key] = DETECTORS[name](resolved, score_threshold, nms)
+        if device != "cpu":
+            from .yunet_torch import YuNetTorch
+
+            _CACHE[key] = YuNetTorch(resolved, score_threshold, nms, device=device)
+        else:
+            _CACHE[key] = DETECTORS[name](resolved, score_threshold, nms)
     return _CACHE[key]
 
 
@@ -47,7 +54,11 @@ class DetectStage(stages.Stage):
         self.every = int(config.detect_every)
         if self.every < 1 or self.every != config.detect_every:
             raise stages.StageError(f"--detect-every {config.detect_every}: must be a whole number >= 1")
-        self.detector = load_detector(config.detector, config.weights, config.det_threshold, config.det_nms)
+        from .. import device
+
+        dev = device.torch_device(config)  # DeviceError (one line) when CUDA is asked for and unusable
+        self.on_gpu = dev != "cpu"
+        self.detector = load_detector(config.detector, config.weights, config.det_threshold, config.det_nms, dev)
         self.landmarker = None
         self.prepares = self.every == 1  # detection runs ahead, in the engine's background thread
         #: stages whose stored outputs were computed together with this one's: reused only together
