@@ -513,9 +513,11 @@ def _run_frames(unit, info, config, todo, writer, warnings, on_frames=None) -> i
     batches = iter_frames(unit.path, batch_size=config.batch_size, fps=config.fps, max_side=config.max_side,
                           frame_rate=config.frame_rate, info=info, warnings=warnings)
     batches = prefetch(batches, depth=2)  # decoding runs in a background thread
-    ahead = [s for s in todo if getattr(s, "prepares", False)]
-    if ahead:  # and so does the stages' work that needs no other stage (detection), one batch ahead
-        batches = prefetch(_prepared(batches, ahead), depth=1)
+    # stages' work that needs only earlier stages' prepared results (detection, then landmarks)
+    # runs one batch ahead, each such stage in its own background thread
+    for s in todo:
+        if getattr(s, "prepares", False):
+            batches = prefetch(_prepared(batches, [s]), depth=1)
     for batch in batches:
         batch.faces.clear()  # per-face arrays of this batch, filled by the stages in order
         writer.append("frames/t", batch.t_sec)

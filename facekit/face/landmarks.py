@@ -138,6 +138,9 @@ class LandmarksStage(stages.Stage):
         dev = device.torch_device(config) if config.landmarker.startswith("fan") else "cpu"
         self.on_gpu = dev != "cpu"
         self.model = load_landmarker(config.landmarker, config.weights, device=dev)
+        # dlib68 on every frame: the landmarks of a batch are computed in a background thread as soon
+        # as its detections are (see prepare); FAN batches over the whole batch in on_frames
+        self.prepares = config.landmarker == "dlib68" and int(config.detect_every) == 1
 
     @property
     def params(self) -> dict:
@@ -164,10 +167,23 @@ class LandmarksStage(stages.Stage):
             "model": self.model.name, "weights_sha256": self.model.weights.sha256, "params": self.params,
             "scheme": self.model.scheme, "units": "pixels"})
 
+    def prepare(self, batch) -> None:
+        """dlib68 landmarks of the faces the ``detect`` stage found ahead (``batch.prepared["detect"]``:
+        per frame (boxes, scores, kps5) in display pixels), in the order ``detect`` writes them."""
+        found = batch.prepared.get("detect")
+        if found is None:  # detection reused from the store, or not run ahead: on_frames does it
+            return
+        s = batch.scale
+        out = [to_display(self.model.predict(rgb, to_processed(b, s), to_processed(k, s))[0], s)
+               if len(b) else np.zeros((0, self.model.n_points, 2), np.float32)
+               for rgb, (b, _, k) in zip(batch.rgb, found)]
+        batch.prepared[self.name] = np.concatenate(out).astype(np.float32) if out else None
+
     def on_frames(self, batch, row0: int, writer) -> None:
         f = batch.faces
         s = batch.scale  # stored coordinates are display pixels; the batch image is scaled
         n = len(f["frame"])
+        ahead = batch.prepared.pop(self.name, None)
         out = np.zeros((n, self.model.n_points, self.model.dims), np.float32)
         if self._scores:  # batched backends: every face of the batch in one pass
             lm, sc = self.model.predict_batch(batch.rgb, f["frame"] - row0, to_processed(f["box"], s))
@@ -177,6 +193,8 @@ class LandmarksStage(stages.Stage):
                 out[:, :, 2] = lm[:, :, 2] / s
             f["landmarks_score"] = sc
             writer.append("faces/landmarks_score", sc)
+        elif ahead is not None and len(ahead) == n:
+            out[:] = ahead  # computed in prepare, from the same detections
         elif "followed_landmarks" in f and self.model.name == "dlib68":
             # --detect-every N: the detect stage ran this landmarker on these very key points
             out[:] = f["followed_landmarks"]
