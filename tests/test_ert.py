@@ -109,7 +109,8 @@ def weights():
 
 @pytest.fixture(scope="module")
 def model(weights):
-    return ert.load(weights)
+    # module scope runs before the per-test isolated FACEKIT_HOME: no cache file here
+    return ert.load(weights, cache=False)
 
 
 @pytest.fixture(scope="module")
@@ -281,3 +282,30 @@ def test_batching_and_inputs(model, reference):
 
 def test_round_like_dlib():
     np.testing.assert_array_equal(ert.round_like_dlib(np.array([0.5, -0.5, 1.49, -1.5, 2.5])), [1, 0, 1, -1, 3])
+
+
+def test_cache_file(weights, tmp_path, monkeypatch):
+    """The parsed arrays are kept under FACEKIT_HOME keyed by the weights' sha256 and read back
+    instead of parsing; a damaged cache file is replaced."""
+    monkeypatch.setattr(ert, "_CACHE", {})
+    path = ert.cache_file(weights)
+    assert weights.sha256 in path.name and str(path).startswith(str(zoo.home()))
+    first = ert.load(weights)
+    assert path.is_file()
+    monkeypatch.setattr(ert, "_CACHE", {})
+    with monkeypatch.context() as mp:
+        mp.setattr(ert.ErtModel, "load", classmethod(lambda cls, p: pytest.fail("parsed again")))
+        second = ert.load(weights)
+    for k in ert._ARRAYS:
+        np.testing.assert_array_equal(getattr(first, k), getattr(second, k))
+    monkeypatch.setattr(ert, "_CACHE", {})
+    path.write_bytes(path.read_bytes()[:1000])  # truncated
+    third = ert.load(weights)
+    np.testing.assert_array_equal(third.leaves, first.leaves)
+    assert path.stat().st_size > 60e6 and not list(path.parent.glob(".*tmp"))
+
+
+def test_threads_give_the_same_points(model):
+    im = mediagen.face_image((320, 240))
+    rects = jittered([(110, 70, 210, 170)], 9, seed=7)
+    np.testing.assert_array_equal(model.predict(im, rects, threads=3), model.predict(im, rects))

@@ -31,6 +31,7 @@ A shape_predictor is: version (1), initial_shape, forests (levels of trees; a tr
 from __future__ import annotations
 
 import math
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,11 @@ MAX_INT_BYTES = 8  # an int64 / unsigned long takes at most 8 magnitude bytes
 MAX_EXP_BYTES = 2  # the float exponent is an int16
 GREY_DIVISOR = 3  # dlib's rgb_pixel -> unsigned char: (r + g + b) / 3, integer division
 POINT_ROUND = 0.5  # dlib converts vector<double,2> to point with floor(v + 0.5)
+CACHE_VERSION = 1  # of the parsed-array cache files (cache_file)
 FACE_BLOCK = 64  # faces evaluated together, tree after tree (a tree's leaves are read once per block)
 
+_ARRAYS = {"initial_shape": np.float32, "idx1": np.int32, "idx2": np.int32, "thresh": np.float32,
+           "leaves": np.float32, "anchor": np.int32, "deltas": np.float32}  # ErtModel's arrays and dtypes
 _POW2_BIAS = 256  # table of 2**e for the exponents floats use (|e| < 256), read by the parser
 _POW2 = np.ldexp(1.0, np.arange(-_POW2_BIAS, _POW2_BIAS))
 
@@ -526,12 +530,13 @@ class ErtModel:
         init, idx1, idx2, thr, leaves, anchor, deltas = _parse(buf, name)
         return cls(init.reshape(-1, 2), idx1, idx2, thr, leaves, anchor, deltas, name)
 
-    def predict(self, images, rects_ltrb, image_index=None) -> np.ndarray:
+    def predict(self, images, rects_ltrb, image_index=None, threads: int = 1) -> np.ndarray:
         """Points float64 [n,K,2] (image pixels, before rounding) for n faces.
 
         images: a list of uint8 images, RGB [H,W,3] or grey [H,W] (or one such array);
         rects_ltrb: int [n,4] dlib rectangles (left, top, right, bottom; right/bottom inclusive, pixels);
-        image_index: int [n] the image each face is in (default: all in image 0).
+        image_index: int [n] the image each face is in (default: all in image 0);
+        threads: faces are shared among this many threads (the compiled code releases the GIL).
         ``round_like_dlib(result)`` equals the points of ``dlib.shape_predictor(image, rect)``.
         """
         if isinstance(images, np.ndarray):
@@ -563,18 +568,75 @@ class ErtModel:
             total += im.size
             flats.append(np.ascontiguousarray(im).reshape(-1))
         pix = flats[0] if m == 1 else np.concatenate(flats)
-        return _predict(pix, off, h, w, ch, rects, local.astype(np.int64).ravel(), self.initial_shape.reshape(-1),
-                        self.idx1, self.idx2, self.thresh, self.leaves, self.anchor, self.deltas, FACE_BLOCK)
+        local = local.astype(np.int64).ravel()
+
+        def run(lo, hi):
+            return _predict(pix, off, h, w, ch, rects[lo:hi], local[lo:hi], self.initial_shape.reshape(-1),
+                            self.idx1, self.idx2, self.thresh, self.leaves, self.anchor, self.deltas, FACE_BLOCK)
+
+        threads = max(1, min(int(threads), n))
+        if threads == 1:
+            return run(0, n)
+        from concurrent.futures import ThreadPoolExecutor
+
+        cuts = np.linspace(0, n, threads + 1).round().astype(int)
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(run, cuts[:-1], cuts[1:]))
+        return np.concatenate(parts)
 
 
 _CACHE: dict[tuple[str, str], ErtModel] = {}
 _LOCK = threading.Lock()
 
 
-def load(weights: zoo.Resolved) -> ErtModel:
-    """The parsed model for resolved weights (parsed once per process, keyed by path and sha256)."""
+def cache_file(weights: zoo.Resolved) -> Path:
+    """Where the parsed arrays of ``weights`` are kept: ``$FACEKIT_HOME/models/<model>/ert-<sha256>.npz``."""
+    return zoo.home() / "models" / weights.model / f"ert-v{CACHE_VERSION}-{weights.sha256}.npz"
+
+
+def _read_cache(path: Path) -> ErtModel | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in _ARRAYS}
+    except Exception:  # noqa: BLE001 - absent, partial or foreign (OSError, BadZipFile, KeyError...): parse again
+        return None
+    m = ErtModel(**arrays)
+    c, t, s_ = m.idx1.shape
+    ok = (m.initial_shape.ndim == 2 and m.initial_shape.shape[1] == 2
+          and m.idx2.shape == m.thresh.shape == (c, t, s_) and m.leaves.shape[:3] == (c, t, s_ + 1)
+          and m.leaves.shape[3] == 2 * m.n_points and m.anchor.shape[0] == c
+          and m.deltas.shape == m.anchor.shape + (2,)
+          and all(getattr(m, k).dtype == dt for k, dt in _ARRAYS.items()))
+    # indices are used unchecked by the compiled code: a cache must keep them in range
+    ok = ok and (m.idx1.size == 0 or max(m.idx1.max(), m.idx2.max()) < m.anchor.shape[1]) \
+        and min(m.idx1.min(initial=0), m.idx2.min(initial=0), m.anchor.min(initial=0)) >= 0 \
+        and m.anchor.max(initial=0) < m.n_points
+    return m if ok else None
+
+
+def _write_cache(path: Path, m: ErtModel) -> None:
+    """Atomically (temporary file, then rename); a cache that cannot be written is skipped."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, **{k: getattr(m, k) for k in _ARRAYS})
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def load(weights: zoo.Resolved, cache: bool = True) -> ErtModel:
+    """The parsed model for resolved weights: parsed once per process (keyed by path and sha256) and,
+    with ``cache``, kept in ``cache_file(weights)`` so later processes read arrays instead of parsing."""
     key = (str(weights.path), weights.sha256)
     with _LOCK:
         if key not in _CACHE:
-            _CACHE[key] = ErtModel.load(weights.path)
+            path = cache_file(weights) if cache and weights.sha256 else None
+            m = _read_cache(path) if path is not None else None
+            if m is None:
+                m = ErtModel.load(weights.path)
+                if path is not None:
+                    _write_cache(path, m)
+            _CACHE[key] = ErtModel(**{k: getattr(m, k) for k in _ARRAYS}, path=str(weights.path))
         return _CACHE[key]
