@@ -2,8 +2,8 @@
 
 Parity is exact (the integer points dlib returns) on every face measured: 285 faces of shared/data
 (57 annotated boxes x 5 jittered rectangles), generated faces at several sizes and offsets, faces
-across the image border, grey and RGB input, and random small models of other sizes written in
-dlib's serialization format.
+across the image border, grey and RGB input, random small models of other sizes written in
+dlib's serialization format, and exact .5 ties (where dlib's SVD-fitted rectangle transform decides).
 """
 
 from __future__ import annotations
@@ -309,3 +309,43 @@ def test_threads_give_the_same_points(model):
     im = mediagen.face_image((320, 240))
     rects = jittered([(110, 70, 210, 170)], 9, seed=7)
     np.testing.assert_array_equal(model.predict(im, rects, threads=3), model.predict(im, rects))
+
+
+def test_ties_round_as_dlib(tmp_path):
+    """dlib maps the normalised shape to the image with a transform it fits through its own SVD
+    (unnormalizing_tform = Q * pinv(unit-square corners)): [[w,0],[0,h]] + (left,top) only to ~1e-16,
+    so a coordinate landing exactly on .5 may round down. A model without trees whose 64 points lie
+    on a 1/128 grid (.5 ties are frequent) on 5600 rectangles: we round every coordinate as dlib,
+    ties included, where the exact transform differs from dlib on hundreds of them."""
+    k = 64
+    xs = ((2 * np.arange(k) + 1) / 128).astype(np.float32)
+    e = np.zeros((0, 0, 0), np.int64)
+    path = tmp_path / "grid.dat"
+    path.write_bytes(write_model(np.stack([xs, xs[::-1]], 1), e, e, e.astype(np.float32),
+                                 np.zeros((0, 0, 1, 2 * k), np.float32), np.zeros((0, 0), np.int64),
+                                 np.zeros((0, 0, 2), np.float32)))
+    sp = dlib.shape_predictor(str(path))
+    m = ert.ErtModel.load(path)
+    im = np.zeros((8, 8), np.uint8)
+    rects = np.array([(l, l + 5, l + w, l + 5 + w + (w % 7) - 3) for w in range(700)
+                      for l in (0, 1, -3, 17, 100, 1001, -250, 12345)])
+    want = dlib_points(sp, im, rects)
+    got = ert.round_like_dlib(m.predict(im, rects))
+    np.testing.assert_array_equal(got, want)
+    # the exact transform: the same points but for ties
+    l, t, r, b = (rects[:, i, None].astype(np.float64) for i in range(4))
+    exact = np.stack([(r - l) * xs[None] + l, (b - t) * xs[::-1][None] + t], -1)
+    tie = (exact % 1) == 0.5
+    naive = ert.round_like_dlib(exact)
+    print(f"ties {tie.sum()} of {tie.size} coordinates; exact transform differs from dlib on {(naive != want).sum()}")
+    assert tie.sum() > 1000 and (naive != want).sum() > 100 and not ((naive != want) & ~tie).any()
+
+
+def test_unit_square_pinv():
+    """dlib's pinv of the unit-square corners: inv(P) to a few ulps, and not exactly it."""
+    exact = np.array([[-1, 0, 1], [1, -1, 0], [0, 1, 0]], np.float64)
+    assert np.abs(ert.UNIT_SQUARE_PINV - exact).max() < 1e-15
+    assert (ert.UNIT_SQUARE_PINV != exact).any()
+    u, q, v = ert._svd4(ert.UNIT_SQUARE_CORNERS)
+    np.testing.assert_allclose(np.array(u) @ np.diag(q) @ np.array(v).T, ert.UNIT_SQUARE_CORNERS, atol=1e-15)
+    np.testing.assert_allclose(sorted(q), sorted(np.linalg.svd(ert.UNIT_SQUARE_CORNERS)[1]), rtol=1e-15)

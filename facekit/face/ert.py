@@ -13,11 +13,17 @@ dlib's algorithm (dlib/image_processing/shape_predictor.h), per face with rectan
 * for each cascade level: ``tform`` = the least-squares similarity transform from the initial shape
   to ``shape`` (computed in double, cast to float32); each of the level's feature pixels is
   ``point(tform_to_img(tform * delta + shape[anchor]))`` where ``tform_to_img`` maps (0,0) to the
-  rectangle's top-left and (1,1) to its bottom-right corner (double) and ``point(...)`` rounds with
+  rectangle's top-left and (1,1) to its bottom-right corner (double; fitted by dlib through its own
+  SVD, which we reproduce: exact to ~1e-16 only, which decides .5 ties) and ``point(...)`` rounds with
   ``floor(v + 0.5)``; its value is the grey intensity there (``(r + g + b) // 3`` for RGB) or 0
   outside the image; then every tree walks ``f[idx1] - f[idx2] > thresh ? left : right`` and its
   leaf vector is added to ``shape`` (float32, tree after tree);
 * the result is ``tform_to_img(shape)``, rounded to integer pixels.
+
+The one step done differently: dlib finds ``tform`` by a 2x2 SVD, we by its closed form
+([[a, -b], [b, a]], a = (c00 + c11) / sigma, b = (c10 - c01) / sigma); both are cast to float32 and
+agree unless the two double results straddle a float32 rounding boundary (a few double ulps out of
+2**29: never seen). Tests: tests/test_ert.py (all points equal dlib's on every face tried).
 
 File format (dlib/serialize.h): integers are written as one control byte (low nibble: number of
 little-endian magnitude bytes that follow, bit 0x80: negative) then the bytes; a float is two such
@@ -46,6 +52,8 @@ EXP_INF, EXP_NINF, EXP_NAN = 32000, 32001, 32002  # dlib float_details special e
 MAX_INT_BYTES = 8  # an int64 / unsigned long takes at most 8 magnitude bytes
 MAX_EXP_BYTES = 2  # the float exponent is an int16
 GREY_DIVISOR = 3  # dlib's rgb_pixel -> unsigned char: (r + g + b) / 3, integer division
+DBL_EPS = float(np.finfo(np.float64).eps)  # std::numeric_limits<double>::epsilon()
+DBL_MIN = float(np.finfo(np.float64).tiny)  # std::numeric_limits<double>::min()
 POINT_ROUND = 0.5  # dlib converts vector<double,2> to point with floor(v + 0.5)
 CACHE_VERSION = 1  # of the parsed-array cache files (cache_file)
 FACE_BLOCK = 64  # faces evaluated together, tree after tree (a tree's leaves are read once per block)
@@ -345,6 +353,231 @@ def _parse(buf: np.ndarray, name: str) -> tuple:
 
 
 # --------------------------------------------------------------------------------------------
+# dlib's unnormalizing transform
+# --------------------------------------------------------------------------------------------
+# dlib maps the normalised shape to the image with unnormalizing_tform(rect) =
+# find_affine_transform(unit-square corners -> rect corners) = Q * pinv(P), P the corners
+# (0,0), (1,0), (1,1) as columns of [x; y; 1] and Q the rectangle's tl, tr, br corners. dlib's pinv
+# goes through its own SVD (svd4), whose result is inv(P) up to a few ulps: the transform is
+# [[w, 0], [0, h]] + (left, top) to ~1e-16, and a coordinate landing exactly on .5 rounds by those
+# ulps. So we compute pinv(P) as dlib does, operation for operation (without LAPACK, like the dlib
+# wheels), once at import, and apply Q * pinv(P) in dlib's order (see _unnormalizing).
+
+
+def _svd4(a):
+    """dlib::svd4(SVD_SKINNY_U, withv=true, a) without LAPACK, operation for operation (float64):
+    a [m][n] (m >= n) -> (u [m][n], q [n], v [n][n]) with a = u diag(q) v^T."""
+    m, n = len(a), len(a[0])
+    eps = DBL_EPS
+    tol = DBL_MIN / eps
+    u = [[float(a[i][j]) for j in range(n)] for i in range(m)]
+    q = [0.0] * n
+    e = [0.0] * n
+    v = [[0.0] * n for _ in range(n)]
+    g = x = 0.0
+    l = 0
+    for i in range(n):  # Householder reduction to bidiagonal form
+        e[i] = g
+        s = 0.0
+        l = i + 1
+        for j in range(i, m):
+            s += u[j][i] * u[j][i]
+        if s < tol:
+            g = 0.0
+        else:
+            f = u[i][i]
+            g = math.sqrt(s) if f < 0 else -math.sqrt(s)
+            h = f * g - s
+            u[i][i] = f - g
+            for j in range(l, n):
+                s = 0.0
+                for k in range(i, m):
+                    s += u[k][i] * u[k][j]
+                f = s / h
+                for k in range(i, m):
+                    u[k][j] += f * u[k][i]
+        q[i] = g
+        s = 0.0
+        for j in range(l, n):
+            s += u[i][j] * u[i][j]
+        if s < tol:
+            g = 0.0
+        else:
+            f = u[i][i + 1]
+            g = math.sqrt(s) if f < 0 else -math.sqrt(s)
+            h = f * g - s
+            u[i][i + 1] = f - g
+            for j in range(l, n):
+                e[j] = u[i][j] / h
+            for j in range(l, m):
+                s = 0.0
+                for k in range(l, n):
+                    s += u[j][k] * u[i][k]
+                for k in range(l, n):
+                    u[j][k] += s * e[k]
+        y = abs(q[i]) + abs(e[i])
+        if y > x:
+            x = y
+    for i in range(n - 1, -1, -1):  # accumulation of right-hand transformations
+        if g != 0.0:
+            h = u[i][i + 1] * g
+            for j in range(l, n):
+                v[j][i] = u[i][j] / h
+            for j in range(l, n):
+                s = 0.0
+                for k in range(l, n):
+                    s += u[i][k] * v[k][j]
+                for k in range(l, n):
+                    v[k][j] += s * v[k][i]
+        for j in range(l, n):
+            v[i][j] = v[j][i] = 0.0
+        v[i][i] = 1.0
+        g = e[i]
+        l = i
+    for i in range(n - 1, -1, -1):  # accumulation of left-hand transformations (skinny u: m x n)
+        l = i + 1
+        g = q[i]
+        for j in range(l, n):
+            u[i][j] = 0.0
+        if g != 0.0:
+            h = u[i][i] * g
+            for j in range(l, n):
+                s = 0.0
+                for k in range(l, m):
+                    s += u[k][i] * u[k][j]
+                f = s / h
+                for k in range(i, m):
+                    u[k][j] += f * u[k][i]
+            for j in range(i, m):
+                u[j][i] /= g
+        else:
+            for j in range(i, m):
+                u[j][i] = 0.0
+        u[i][i] += 1.0
+    eps *= x  # diagonalisation of the bidiagonal form
+    for k in range(n - 1, -1, -1):
+        it = 0
+        while True:
+            # test f splitting
+            cancel = False
+            for l in range(k, -1, -1):
+                if abs(e[l]) <= eps:
+                    break
+                if abs(q[l - 1]) <= eps:
+                    cancel = True
+                    break
+            if cancel:  # cancellation of e(l) if l > 0
+                c = 0.0
+                s = 1.0
+                l1 = l - 1
+                for i in range(l, k + 1):
+                    f = s * e[i]
+                    e[i] *= c
+                    if abs(f) <= eps:
+                        break
+                    g = q[i]
+                    h = q[i] = math.sqrt(f * f + g * g)
+                    c = g / h
+                    s = -f / h
+                    for j in range(m):
+                        y = u[j][l1]
+                        z = u[j][i]
+                        u[j][l1] = y * c + z * s
+                        u[j][i] = -y * s + z * c
+            # test f convergence
+            z = q[k]
+            if l == k:
+                if z < 0.0:
+                    q[k] = -z
+                    for j in range(n):
+                        v[j][k] = -v[j][k]
+                break
+            it += 1
+            if it > 300:
+                raise ArithmeticError("dlib svd4 did not converge")
+            x = q[l]
+            y = q[k - 1]
+            g = e[k - 1]
+            h = e[k]
+            f = ((y - z) * (y + z) + (g - h) * (g + h)) / (2 * h * y)
+            g = math.sqrt(f * f + 1.0)
+            f = ((x - z) * (x + z) + h * (y / ((f - g) if f < 0 else (f + g)) - h)) / x
+            c = s = 1.0
+            for i in range(l + 1, k + 1):
+                g = e[i]
+                y = q[i]
+                h = s * g
+                g *= c
+                e[i - 1] = z = math.sqrt(f * f + h * h)
+                c = f / z
+                s = h / z
+                f = x * c + g * s
+                g = -x * s + g * c
+                h = y * s
+                y *= c
+                for j in range(n):
+                    x = v[j][i - 1]
+                    z = v[j][i]
+                    v[j][i - 1] = x * c + z * s
+                    v[j][i] = -x * s + z * c
+                q[i - 1] = z = math.sqrt(f * f + h * h)
+                if z != 0:
+                    c = f / z
+                    s = h / z
+                f = c * g + s * y
+                x = -s * g + c * y
+                for j in range(m):
+                    y = u[j][i - 1]
+                    z = u[j][i]
+                    u[j][i - 1] = y * c + z * s
+                    u[j][i] = -y * s + z * c
+            e[l] = 0.0
+            e[k] = f
+            q[k] = x
+    return u, q, v
+
+
+def _pinv(a):
+    """dlib::pinv(a) for a square or tall matrix (pinv_helper: svd3 -> svd4, then
+    scale_columns(v, reciprocal(round_zeros(w, eps))) * trans(u)), float64 as dlib."""
+    m, n = len(a), len(a[0])
+    u, w, v = _svd4(a)
+    eps = DBL_EPS * max(m, n) * max(w)
+    r = [0.0 if abs(x) < eps else 1.0 / x for x in w]  # reciprocal(round_zeros(w, eps)): 0 stays 0
+    t = [[v[i][j] * r[j] for j in range(n)] for i in range(n)]
+    out = [[0.0] * m for _ in range(n)]
+    for i in range(n):
+        for j in range(m):
+            acc = t[i][0] * u[j][0]
+            for k in range(1, n):
+                acc += t[i][k] * u[j][k]
+            out[i][j] = acc
+    return out
+
+
+UNIT_SQUARE_CORNERS = [[0.0, 1.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]]  # P: (0,0), (1,0), (1,1) as [x; y; 1]
+UNIT_SQUARE_PINV = np.array(_pinv(UNIT_SQUARE_CORNERS), np.float64)  # dlib's pinv(P) [3,3]
+
+
+@numba.njit(cache=True, nogil=True)
+def _unnormalizing(rect, pinv):
+    """dlib unnormalizing_tform(rect) -> (m00, m01, b0, m10, m11, b1) (float64): m = Q * pinv(P),
+    Q = [[left, right, right], [top, top, bottom]], each element summed left to right as dlib's
+    matrix product; a point maps to ((m00*x + m01*y) + b0, (m10*x + m11*y) + b1)."""
+    l = np.float64(rect[0])
+    t = np.float64(rect[1])
+    r = np.float64(rect[2])
+    b = np.float64(rect[3])
+    m00 = (l * pinv[0, 0] + r * pinv[1, 0]) + r * pinv[2, 0]
+    m01 = (l * pinv[0, 1] + r * pinv[1, 1]) + r * pinv[2, 1]
+    b0 = (l * pinv[0, 2] + r * pinv[1, 2]) + r * pinv[2, 2]
+    m10 = (t * pinv[0, 0] + t * pinv[1, 0]) + b * pinv[2, 0]
+    m11 = (t * pinv[0, 1] + t * pinv[1, 1]) + b * pinv[2, 1]
+    b1 = (t * pinv[0, 2] + t * pinv[1, 2]) + b * pinv[2, 2]
+    return m00, m01, b0, m10, m11, b1
+
+
+# --------------------------------------------------------------------------------------------
 # evaluation
 # --------------------------------------------------------------------------------------------
 @numba.njit(cache=True, nogil=True)
@@ -390,7 +623,7 @@ def _similarity(init, shape):
 
 @numba.njit(cache=True, nogil=True)
 def _predict_block(pix, img_off, img_h, img_w, img_c, rects, face_img, f0, f1,
-                   init, idx1, idx2, thr, leaves, anchor, deltas, out):
+                   init, idx1, idx2, thr, leaves, anchor, deltas, pinv, out):
     """The cascade for faces f0..f1-1 (see ``_predict``), written to out[f0:f1]."""
     n = f1 - f0
     d = init.shape[0]
@@ -407,10 +640,7 @@ def _predict_block(pix, img_off, img_h, img_w, img_c, rects, face_img, f0, f1,
             a, b = _similarity(init, shape[f])
             nb = -b
             g = f0 + f
-            left = np.float64(rects[g, 0])
-            top = np.float64(rects[g, 1])
-            sx = np.float64(rects[g, 2] - rects[g, 0])
-            sy = np.float64(rects[g, 3] - rects[g, 1])
+            m00, m01, b0, m10, m11, b1 = _unnormalizing(rects[g], pinv)
             im = face_img[g]
             off, h, w, ch = img_off[im], img_h[im], img_w[im], img_c[im]
             cur = shape[f]
@@ -423,8 +653,10 @@ def _predict_block(pix, img_off, img_h, img_w, img_c, rects, face_img, f0, f1,
                 px = (a * dx + nb * dy) + cur[2 * j]
                 py = (b * dx + a * dy) + cur[2 * j + 1]
                 # double: tform_to_img, then point(): floor(v + 0.5)
-                x = math.floor(sx * np.float64(px) + left + POINT_ROUND)
-                y = math.floor(sy * np.float64(py) + top + POINT_ROUND)
+                fx = np.float64(px)
+                fy = np.float64(py)
+                x = math.floor(((m00 * fx + m01 * fy) + b0) + POINT_ROUND)
+                y = math.floor(((m10 * fx + m11 * fy) + b1) + POINT_ROUND)
                 if x >= 0 and y >= 0 and x < w and y < h:
                     q = off + (np.int64(y) * w + np.int64(x)) * ch
                     if ch == 1:
@@ -452,18 +684,17 @@ def _predict_block(pix, img_off, img_h, img_w, img_c, rects, face_img, f0, f1,
                     cur[e] += leaf[e]
     for f in range(n):
         g = f0 + f
-        left = np.float64(rects[g, 0])
-        top = np.float64(rects[g, 1])
-        sx = np.float64(rects[g, 2] - rects[g, 0])
-        sy = np.float64(rects[g, 3] - rects[g, 1])
+        m00, m01, b0, m10, m11, b1 = _unnormalizing(rects[g], pinv)
         for i in range(k):
-            out[g, i, 0] = sx * np.float64(shape[f, 2 * i]) + left
-            out[g, i, 1] = sy * np.float64(shape[f, 2 * i + 1]) + top
+            fx = np.float64(shape[f, 2 * i])
+            fy = np.float64(shape[f, 2 * i + 1])
+            out[g, i, 0] = (m00 * fx + m01 * fy) + b0
+            out[g, i, 1] = (m10 * fx + m11 * fy) + b1
 
 
 @numba.njit(cache=True, nogil=True)
 def _predict(pix, img_off, img_h, img_w, img_c, rects, face_img,
-             init, idx1, idx2, thr, leaves, anchor, deltas, block):
+             init, idx1, idx2, thr, leaves, anchor, deltas, pinv, block):
     """Evaluate the cascade for n faces, ``block`` faces at a time (tree-major within a block, so
     that a tree's leaves are read once per block while the block's shapes stay in cache).
 
@@ -476,7 +707,7 @@ def _predict(pix, img_off, img_h, img_w, img_c, rects, face_img,
     out = np.empty((n, init.shape[0] // 2, 2), np.float64)
     for f0 in range(0, n, block):
         _predict_block(pix, img_off, img_h, img_w, img_c, rects, face_img, f0, min(n, f0 + block),
-                       init, idx1, idx2, thr, leaves, anchor, deltas, out)
+                       init, idx1, idx2, thr, leaves, anchor, deltas, pinv, out)
     return out
 
 
@@ -572,7 +803,8 @@ class ErtModel:
 
         def run(lo, hi):
             return _predict(pix, off, h, w, ch, rects[lo:hi], local[lo:hi], self.initial_shape.reshape(-1),
-                            self.idx1, self.idx2, self.thresh, self.leaves, self.anchor, self.deltas, FACE_BLOCK)
+                            self.idx1, self.idx2, self.thresh, self.leaves, self.anchor, self.deltas,
+                            UNIT_SQUARE_PINV, FACE_BLOCK)
 
         threads = max(1, min(int(threads), n))
         if threads == 1:
