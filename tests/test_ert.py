@@ -342,10 +342,16 @@ def test_ties_round_as_dlib(tmp_path):
 
 
 def test_unit_square_pinv():
-    """dlib's pinv of the unit-square corners: inv(P) to a few ulps, and not exactly it."""
+    """dlib's pinv of the unit-square corners: inv(P) to a few ulps, and not exactly it; our port of
+    dlib's svd4 is a singular value decomposition."""
     exact = np.array([[-1, 0, 1], [1, -1, 0], [0, 1, 0]], np.float64)
     assert np.abs(ert.UNIT_SQUARE_PINV - exact).max() < 1e-15
     assert (ert.UNIT_SQUARE_PINV != exact).any()
-    u, q, v = ert._svd4(ert.UNIT_SQUARE_CORNERS)
-    np.testing.assert_allclose(np.array(u) @ np.diag(q) @ np.array(v).T, ert.UNIT_SQUARE_CORNERS, atol=1e-15)
-    np.testing.assert_allclose(sorted(q), sorted(np.linalg.svd(ert.UNIT_SQUARE_CORNERS)[1]), rtol=1e-15)
+    rng = np.random.default_rng(0)
+    for a in [np.array(ert.UNIT_SQUARE_CORNERS)] + [rng.normal(size=(r, c)) for r, c in ((2, 2), (3, 3), (5, 3))]:
+        m, n = a.shape
+        u, q, v, e = np.zeros((m, n)), np.zeros(n), np.zeros((n, n)), np.zeros(n)
+        assert ert._svd4(a, u, q, v, e) == 0
+        np.testing.assert_allclose(u @ np.diag(q) @ v.T, a, atol=1e-14)
+        np.testing.assert_allclose(sorted(q), sorted(np.linalg.svd(a)[1]), rtol=1e-13)
+        np.testing.assert_allclose(v.T @ v, np.eye(n), atol=1e-14)

@@ -11,19 +11,18 @@ dlib's algorithm (dlib/image_processing/shape_predictor.h), per face with rectan
 * ``shape`` (float32 [2K], normalised: the rectangle's corners are (0,0) and (1,1)) starts as the
   model's initial shape;
 * for each cascade level: ``tform`` = the least-squares similarity transform from the initial shape
-  to ``shape`` (computed in double, cast to float32); each of the level's feature pixels is
+  to ``shape`` (Umeyama, in double, cast to float32); each of the level's feature pixels is
   ``point(tform_to_img(tform * delta + shape[anchor]))`` where ``tform_to_img`` maps (0,0) to the
-  rectangle's top-left and (1,1) to its bottom-right corner (double; fitted by dlib through its own
-  SVD, which we reproduce: exact to ~1e-16 only, which decides .5 ties) and ``point(...)`` rounds with
+  rectangle's top-left and (1,1) to its bottom-right corner (double; fitted by dlib through a
+  pseudo-inverse, so exact to ~1e-16 only, which decides .5 ties) and ``point(...)`` rounds with
   ``floor(v + 0.5)``; its value is the grey intensity there (``(r + g + b) // 3`` for RGB) or 0
   outside the image; then every tree walks ``f[idx1] - f[idx2] > thresh ? left : right`` and its
   leaf vector is added to ``shape`` (float32, tree after tree);
 * the result is ``tform_to_img(shape)``, rounded to integer pixels.
 
-The one step done differently: dlib finds ``tform`` by a 2x2 SVD, we by its closed form
-([[a, -b], [b, a]], a = (c00 + c11) / sigma, b = (c10 - c01) / sigma); both are cast to float32 and
-agree unless the two double results straddle a float32 rounding boundary (a few double ulps out of
-2**29: never seen). Tests: tests/test_ert.py (all points equal dlib's on every face tried).
+Both transforms go through dlib's own SVD (svd4, LAPACK-free as in the dlib wheels), which we port
+operation for operation (``_svd4``): results are bit-identical, so even coordinates that land exactly
+on .5 round as dlib's. Tests: tests/test_ert.py (all points equal dlib's on every face tried).
 
 File format (dlib/serialize.h): integers are written as one control byte (low nibble: number of
 little-endian magnitude bytes that follow, bit 0x80: negative) then the bytes; a float is two such
@@ -364,109 +363,116 @@ def _parse(buf: np.ndarray, name: str) -> tuple:
 # wheels), once at import, and apply Q * pinv(P) in dlib's order (see _unnormalizing).
 
 
-def _svd4(a):
-    """dlib::svd4(SVD_SKINNY_U, withv=true, a) without LAPACK, operation for operation (float64):
-    a [m][n] (m >= n) -> (u [m][n], q [n], v [n][n]) with a = u diag(q) v^T."""
-    m, n = len(a), len(a[0])
+@numba.njit(cache=True, nogil=True)
+def _svd4(a, u, q, v, e):
+    """dlib::svd4(SVD_SKINNY_U, withv=true, a, u, q, v) without LAPACK (as the dlib wheels are
+    built), operation for operation in float64: a [m,n] (m >= n) -> u [m,n], q [n], v [n,n] with
+    a = u diag(q) v^T; e [n] is scratch. Returns dlib's error code (0, or the singular value that
+    did not converge in 300 iterations: dlib then stops and uses what it has)."""
+    m, n = a.shape
     eps = DBL_EPS
     tol = DBL_MIN / eps
-    u = [[float(a[i][j]) for j in range(n)] for i in range(m)]
-    q = [0.0] * n
-    e = [0.0] * n
-    v = [[0.0] * n for _ in range(n)]
-    g = x = 0.0
+    for i in range(m):
+        for j in range(n):
+            u[i, j] = a[i, j]
+    retval = 0
+    g = 0.0
+    x = 0.0
     l = 0
     for i in range(n):  # Householder reduction to bidiagonal form
         e[i] = g
         s = 0.0
         l = i + 1
         for j in range(i, m):
-            s += u[j][i] * u[j][i]
+            s += u[j, i] * u[j, i]
         if s < tol:
             g = 0.0
         else:
-            f = u[i][i]
+            f = u[i, i]
             g = math.sqrt(s) if f < 0 else -math.sqrt(s)
             h = f * g - s
-            u[i][i] = f - g
+            u[i, i] = f - g
             for j in range(l, n):
                 s = 0.0
                 for k in range(i, m):
-                    s += u[k][i] * u[k][j]
+                    s += u[k, i] * u[k, j]
                 f = s / h
                 for k in range(i, m):
-                    u[k][j] += f * u[k][i]
+                    u[k, j] += f * u[k, i]
         q[i] = g
         s = 0.0
         for j in range(l, n):
-            s += u[i][j] * u[i][j]
+            s += u[i, j] * u[i, j]
         if s < tol:
             g = 0.0
         else:
-            f = u[i][i + 1]
+            f = u[i, i + 1]
             g = math.sqrt(s) if f < 0 else -math.sqrt(s)
             h = f * g - s
-            u[i][i + 1] = f - g
+            u[i, i + 1] = f - g
             for j in range(l, n):
-                e[j] = u[i][j] / h
+                e[j] = u[i, j] / h
             for j in range(l, m):
                 s = 0.0
                 for k in range(l, n):
-                    s += u[j][k] * u[i][k]
+                    s += u[j, k] * u[i, k]
                 for k in range(l, n):
-                    u[j][k] += s * e[k]
+                    u[j, k] += s * e[k]
         y = abs(q[i]) + abs(e[i])
         if y > x:
             x = y
     for i in range(n - 1, -1, -1):  # accumulation of right-hand transformations
         if g != 0.0:
-            h = u[i][i + 1] * g
+            h = u[i, i + 1] * g
             for j in range(l, n):
-                v[j][i] = u[i][j] / h
+                v[j, i] = u[i, j] / h
             for j in range(l, n):
                 s = 0.0
                 for k in range(l, n):
-                    s += u[i][k] * v[k][j]
+                    s += u[i, k] * v[k, j]
                 for k in range(l, n):
-                    v[k][j] += s * v[k][i]
+                    v[k, j] += s * v[k, i]
         for j in range(l, n):
-            v[i][j] = v[j][i] = 0.0
-        v[i][i] = 1.0
+            v[i, j] = 0.0
+            v[j, i] = 0.0
+        v[i, i] = 1.0
         g = e[i]
         l = i
-    for i in range(n - 1, -1, -1):  # accumulation of left-hand transformations (skinny u: m x n)
+    for i in range(n - 1, -1, -1):  # accumulation of left-hand transformations (u is m x n)
         l = i + 1
         g = q[i]
         for j in range(l, n):
-            u[i][j] = 0.0
+            u[i, j] = 0.0
         if g != 0.0:
-            h = u[i][i] * g
+            h = u[i, i] * g
             for j in range(l, n):
                 s = 0.0
                 for k in range(l, m):
-                    s += u[k][i] * u[k][j]
+                    s += u[k, i] * u[k, j]
                 f = s / h
                 for k in range(i, m):
-                    u[k][j] += f * u[k][i]
+                    u[k, j] += f * u[k, i]
             for j in range(i, m):
-                u[j][i] /= g
+                u[j, i] /= g
         else:
             for j in range(i, m):
-                u[j][i] = 0.0
-        u[i][i] += 1.0
+                u[j, i] = 0.0
+        u[i, i] += 1.0
     eps *= x  # diagonalisation of the bidiagonal form
     for k in range(n - 1, -1, -1):
         it = 0
         while True:
-            # test f splitting
+            # test f splitting (e[0] is 0: the search stops at l = 0 at the latest)
             cancel = False
-            for l in range(k, -1, -1):
+            l = k
+            while l >= 0:
                 if abs(e[l]) <= eps:
                     break
                 if abs(q[l - 1]) <= eps:
                     cancel = True
                     break
-            if cancel:  # cancellation of e(l) if l > 0
+                l -= 1
+            if cancel:  # cancellation of e[l] if l > 0
                 c = 0.0
                 s = 1.0
                 l1 = l - 1
@@ -476,39 +482,43 @@ def _svd4(a):
                     if abs(f) <= eps:
                         break
                     g = q[i]
-                    h = q[i] = math.sqrt(f * f + g * g)
+                    h = math.sqrt(f * f + g * g)
+                    q[i] = h
                     c = g / h
                     s = -f / h
                     for j in range(m):
-                        y = u[j][l1]
-                        z = u[j][i]
-                        u[j][l1] = y * c + z * s
-                        u[j][i] = -y * s + z * c
+                        y = u[j, l1]
+                        z = u[j, i]
+                        u[j, l1] = y * c + z * s
+                        u[j, i] = -y * s + z * c
             # test f convergence
             z = q[k]
             if l == k:
                 if z < 0.0:
                     q[k] = -z
                     for j in range(n):
-                        v[j][k] = -v[j][k]
+                        v[j, k] = -v[j, k]
                 break
             it += 1
             if it > 300:
-                raise ArithmeticError("dlib svd4 did not converge")
-            x = q[l]
+                retval = k
+                break
+            x = q[l]  # shift from the bottom 2x2 minor
             y = q[k - 1]
             g = e[k - 1]
             h = e[k]
             f = ((y - z) * (y + z) + (g - h) * (g + h)) / (2 * h * y)
             g = math.sqrt(f * f + 1.0)
             f = ((x - z) * (x + z) + h * (y / ((f - g) if f < 0 else (f + g)) - h)) / x
-            c = s = 1.0
-            for i in range(l + 1, k + 1):
+            c = 1.0
+            s = 1.0
+            for i in range(l + 1, k + 1):  # next QR transformation
                 g = e[i]
                 y = q[i]
                 h = s * g
                 g *= c
-                e[i - 1] = z = math.sqrt(f * f + h * h)
+                z = math.sqrt(f * f + h * h)
+                e[i - 1] = z
                 c = f / z
                 s = h / z
                 f = x * c + g * s
@@ -516,42 +526,47 @@ def _svd4(a):
                 h = y * s
                 y *= c
                 for j in range(n):
-                    x = v[j][i - 1]
-                    z = v[j][i]
-                    v[j][i - 1] = x * c + z * s
-                    v[j][i] = -x * s + z * c
-                q[i - 1] = z = math.sqrt(f * f + h * h)
+                    x = v[j, i - 1]
+                    z = v[j, i]
+                    v[j, i - 1] = x * c + z * s
+                    v[j, i] = -x * s + z * c
+                z = math.sqrt(f * f + h * h)
+                q[i - 1] = z
                 if z != 0:
                     c = f / z
                     s = h / z
                 f = c * g + s * y
                 x = -s * g + c * y
                 for j in range(m):
-                    y = u[j][i - 1]
-                    z = u[j][i]
-                    u[j][i - 1] = y * c + z * s
-                    u[j][i] = -y * s + z * c
+                    y = u[j, i - 1]
+                    z = u[j, i]
+                    u[j, i - 1] = y * c + z * s
+                    u[j, i] = -y * s + z * c
             e[l] = 0.0
             e[k] = f
             q[k] = x
-    return u, q, v
+        if retval:
+            break
+    return retval
 
 
 def _pinv(a):
-    """dlib::pinv(a) for a square or tall matrix (pinv_helper: svd3 -> svd4, then
-    scale_columns(v, reciprocal(round_zeros(w, eps))) * trans(u)), float64 as dlib."""
-    m, n = len(a), len(a[0])
-    u, w, v = _svd4(a)
-    eps = DBL_EPS * max(m, n) * max(w)
-    r = [0.0 if abs(x) < eps else 1.0 / x for x in w]  # reciprocal(round_zeros(w, eps)): 0 stays 0
-    t = [[v[i][j] * r[j] for j in range(n)] for i in range(n)]
-    out = [[0.0] * m for _ in range(n)]
+    """dlib::pinv(a) [n,m] of a square or tall a [m,n] (pinv_helper: svd3 -> svd4, then
+    scale_columns(v, reciprocal(round_zeros(w, eps))) * trans(u)), float64 as dlib; pure Python."""
+    a = np.asarray(a, np.float64)
+    m, n = a.shape
+    u, w, v, e = np.zeros((m, n)), np.zeros(n), np.zeros((n, n)), np.zeros(n)
+    _svd4.py_func(a, u, w, v, e)
+    eps = DBL_EPS * max(m, n) * w.max()
+    r = [0.0 if abs(x) < eps else 1.0 / x for x in w.tolist()]  # reciprocal(round_zeros(w, eps))
+    t = [[v[i, j] * r[j] for j in range(n)] for i in range(n)]
+    out = np.zeros((n, m))
     for i in range(n):
         for j in range(m):
-            acc = t[i][0] * u[j][0]
+            acc = t[i][0] * u[j, 0]
             for k in range(1, n):
-                acc += t[i][k] * u[j][k]
-            out[i][j] = acc
+                acc += t[i][k] * u[j, k]
+            out[i, j] = acc
     return out
 
 
@@ -581,13 +596,14 @@ def _unnormalizing(rect, pinv):
 # evaluation
 # --------------------------------------------------------------------------------------------
 @numba.njit(cache=True, nogil=True)
-def _similarity(init, shape):
-    """dlib find_similarity_transform(init points -> shape points) (Umeyama, double), as float32.
-
-    Returns (a, b): the 2x2 matrix is [[a, -b], [b, a]] (what u*s*v^T scaled by c equals for 2-D
-    points; dlib reaches it through a 2x2 SVD, we through its closed form).
-    """
+def _similarity(init, shape, cov, u, q, v, e):
+    """dlib find_tform_between_shapes(init -> shape).get_m() cast to float32, as dlib computes it
+    (find_similarity_transform: Umeyama with means, variance and covariance in double, the covariance's
+    SVD by svd4, reflection fix-up, c * u*s*v^T). init, shape: float32 [2K]; cov, u, v: float64
+    [2,2] and q, e: [2] scratch. Returns the 2x2 matrix (t00, t01, t10, t11) as float32."""
     k = init.shape[0] // 2
+    if k == 1:  # one landmark: the identity
+        return np.float32(1.0), np.float32(0.0), np.float32(0.0), np.float32(1.0)
     mfx = 0.0
     mfy = 0.0
     mtx = 0.0
@@ -602,23 +618,41 @@ def _similarity(init, shape):
     mtx /= k
     mty /= k
     sig = 0.0
-    c00 = 0.0
-    c01 = 0.0
-    c10 = 0.0
-    c11 = 0.0
+    cov[:, :] = 0.0
     for i in range(k):
         fx = np.float64(init[2 * i]) - mfx
         fy = np.float64(init[2 * i + 1]) - mfy
         tx = np.float64(shape[2 * i]) - mtx
         ty = np.float64(shape[2 * i + 1]) - mty
         sig += fx * fx + fy * fy
-        c00 += tx * fx
-        c01 += tx * fy
-        c10 += ty * fx
-        c11 += ty * fy
-    if k == 1 or sig == 0.0:
-        return np.float32(1.0), np.float32(0.0)
-    return np.float32((c00 + c11) / sig), np.float32((c10 - c01) / sig)
+        cov[0, 0] += tx * fx
+        cov[0, 1] += tx * fy
+        cov[1, 0] += ty * fx
+        cov[1, 1] += ty * fy
+    sig /= k
+    for i in range(2):
+        for j in range(2):
+            cov[i, j] /= k
+    _svd4(cov, u, q, v, e)
+    s0 = 1.0
+    s1 = 1.0
+    det_cov = cov[0, 0] * cov[1, 1] - cov[0, 1] * cov[1, 0]
+    det_u = u[0, 0] * u[1, 1] - u[0, 1] * u[1, 0]
+    det_v = v[0, 0] * v[1, 1] - v[0, 1] * v[1, 0]
+    if det_cov < 0 or (det_cov == 0 and det_u * det_v < 0):
+        if q[1] < q[0]:
+            s1 = -1.0
+        else:
+            s0 = -1.0
+    # r = (u*s) * trans(v); the products with s's 0 and +-1 entries are exact
+    r00 = (u[0, 0] * s0) * v[0, 0] + (u[0, 1] * s1) * v[0, 1]
+    r01 = (u[0, 0] * s0) * v[1, 0] + (u[0, 1] * s1) * v[1, 1]
+    r10 = (u[1, 0] * s0) * v[0, 0] + (u[1, 1] * s1) * v[0, 1]
+    r11 = (u[1, 0] * s0) * v[1, 0] + (u[1, 1] * s1) * v[1, 1]
+    c = 1.0
+    if sig != 0:
+        c = 1.0 / sig * (q[0] * s0 + q[1] * s1)  # trace(d*s)
+    return np.float32(c * r00), np.float32(c * r01), np.float32(c * r10), np.float32(c * r11)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -635,10 +669,14 @@ def _predict_block(pix, img_off, img_h, img_w, img_c, rects, face_img, f0, f1,
         shape[f, :] = init
     feats = np.empty((n, n_pix), np.int32)
     chosen = np.empty((n, n_tree), np.int64)
+    cov = np.empty((2, 2))  # scratch of _similarity
+    su = np.empty((2, 2))
+    sv = np.empty((2, 2))
+    sq = np.empty(2)
+    se = np.empty(2)
     for c in range(n_lev):
         for f in range(n):
-            a, b = _similarity(init, shape[f])
-            nb = -b
+            t00, t01, t10, t11 = _similarity(init, shape[f], cov, su, sq, sv, se)
             g = f0 + f
             m00, m01, b0, m10, m11, b1 = _unnormalizing(rects[g], pinv)
             im = face_img[g]
@@ -650,8 +688,8 @@ def _predict_block(pix, img_off, img_h, img_w, img_c, rects, face_img, f0, f1,
                 dx = deltas[c, i, 0]
                 dy = deltas[c, i, 1]
                 # float32, as dlib: tform * delta + shape[anchor]
-                px = (a * dx + nb * dy) + cur[2 * j]
-                py = (b * dx + a * dy) + cur[2 * j + 1]
+                px = (t00 * dx + t01 * dy) + cur[2 * j]
+                py = (t10 * dx + t11 * dy) + cur[2 * j + 1]
                 # double: tform_to_img, then point(): floor(v + 0.5)
                 fx = np.float64(px)
                 fy = np.float64(py)
