@@ -21,8 +21,8 @@ dlib's algorithm (dlib/image_processing/shape_predictor.h), per face with rectan
 * the result is ``tform_to_img(shape)``, rounded to integer pixels.
 
 Both transforms go through dlib's own SVD (svd4, LAPACK-free as in the dlib wheels), which we port
-operation for operation (``_svd4``): results are bit-identical, so even coordinates that land exactly
-on .5 round as dlib's. Tests: tests/test_ert.py (all points equal dlib's on every face tried).
+operation for operation (``_svd4``; the wheel's code has no fused multiply-adds), so even
+coordinates that land exactly on .5 round as dlib's. Tests: tests/test_ert.py (all points equal dlib's on every face tried).
 
 File format (dlib/serialize.h): integers are written as one control byte (low nibble: number of
 little-endian magnitude bytes that follow, bit 0x80: negative) then the bytes; a float is two such
@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from numba.typed import List
 
 from .. import zoo
 
@@ -59,6 +60,7 @@ FACE_BLOCK = 64  # faces evaluated together, tree after tree (a tree's leaves ar
 
 _ARRAYS = {"initial_shape": np.float32, "idx1": np.int32, "idx2": np.int32, "thresh": np.float32,
            "leaves": np.float32, "anchor": np.int32, "deltas": np.float32}  # ErtModel's arrays and dtypes
+_FLAT_IMAGE = numba.types.Array(numba.types.uint8, 1, "C")  # predict's images, flattened
 _POW2_BIAS = 256  # table of 2**e for the exponents floats use (|e| < 256), read by the parser
 _POW2 = np.ldexp(1.0, np.arange(-_POW2_BIAS, _POW2_BIAS))
 
@@ -656,7 +658,7 @@ def _similarity(init, shape, cov, u, q, v, e):
 
 
 @numba.njit(cache=True, nogil=True)
-def _predict_block(pix, img_off, img_h, img_w, img_c, rects, face_img, f0, f1,
+def _predict_block(images, img_h, img_w, img_c, rects, face_img, f0, f1,
                    init, idx1, idx2, thr, leaves, anchor, deltas, pinv, out):
     """The cascade for faces f0..f1-1 (see ``_predict``), written to out[f0:f1]."""
     n = f1 - f0
@@ -680,7 +682,8 @@ def _predict_block(pix, img_off, img_h, img_w, img_c, rects, face_img, f0, f1,
             g = f0 + f
             m00, m01, b0, m10, m11, b1 = _unnormalizing(rects[g], pinv)
             im = face_img[g]
-            off, h, w, ch = img_off[im], img_h[im], img_w[im], img_c[im]
+            pix = images[im]
+            h, w, ch = img_h[im], img_w[im], img_c[im]
             cur = shape[f]
             fv = feats[f]
             for i in range(n_pix):
@@ -696,7 +699,7 @@ def _predict_block(pix, img_off, img_h, img_w, img_c, rects, face_img, f0, f1,
                 x = math.floor(((m00 * fx + m01 * fy) + b0) + POINT_ROUND)
                 y = math.floor(((m10 * fx + m11 * fy) + b1) + POINT_ROUND)
                 if x >= 0 and y >= 0 and x < w and y < h:
-                    q = off + (np.int64(y) * w + np.int64(x)) * ch
+                    q = (np.int64(y) * w + np.int64(x)) * ch
                     if ch == 1:
                         fv[i] = pix[q]
                     else:
@@ -731,20 +734,20 @@ def _predict_block(pix, img_off, img_h, img_w, img_c, rects, face_img, f0, f1,
 
 
 @numba.njit(cache=True, nogil=True)
-def _predict(pix, img_off, img_h, img_w, img_c, rects, face_img,
+def _predict(images, img_h, img_w, img_c, rects, face_img,
              init, idx1, idx2, thr, leaves, anchor, deltas, pinv, block):
     """Evaluate the cascade for n faces, ``block`` faces at a time (tree-major within a block, so
     that a tree's leaves are read once per block while the block's shapes stay in cache).
 
-    pix: uint8 [total] every image flattened (row-major, channels last) one after the other;
-    img_off/img_h/img_w/img_c: int64 [m] offset in ``pix``, height, width, channels (1 or 3);
+    images: numba typed List of m uint8 [H*W*C] arrays (each image flattened: row-major, channels last);
+    img_h/img_w/img_c: int64 [m] height, width, channels (1 or 3);
     rects: int64 [n,4] dlib rectangles (left, top, right, bottom); face_img: int64 [n] image of each face.
     Returns float64 [n, K, 2]: the final points in image pixels, before dlib's rounding.
     """
     n = rects.shape[0]
     out = np.empty((n, init.shape[0] // 2, 2), np.float64)
     for f0 in range(0, n, block):
-        _predict_block(pix, img_off, img_h, img_w, img_c, rects, face_img, f0, min(n, f0 + block),
+        _predict_block(images, img_h, img_w, img_c, rects, face_img, f0, min(n, f0 + block),
                        init, idx1, idx2, thr, leaves, anchor, deltas, pinv, out)
     return out
 
@@ -824,23 +827,18 @@ class ErtModel:
         h = np.zeros(m, np.int64)
         w = np.zeros(m, np.int64)
         ch = np.ones(m, np.int64)
-        off = np.zeros(m, np.int64)
-        flats = []
-        total = 0
+        flats = List.empty_list(_FLAT_IMAGE)  # views, not copies, of contiguous images
         for i, u in enumerate(used):
             im = np.asarray(images[u])
             if im.dtype != np.uint8 or not (im.ndim == 2 or (im.ndim == 3 and im.shape[2] in (1, 3))):
                 raise ValueError(f"image {u}: expected uint8 [H,W] or [H,W,3], got {im.dtype} {im.shape}")
             h[i], w[i] = im.shape[:2]
             ch[i] = 1 if im.ndim == 2 else im.shape[2]
-            off[i] = total
-            total += im.size
             flats.append(np.ascontiguousarray(im).reshape(-1))
-        pix = flats[0] if m == 1 else np.concatenate(flats)
         local = local.astype(np.int64).ravel()
 
         def run(lo, hi):
-            return _predict(pix, off, h, w, ch, rects[lo:hi], local[lo:hi], self.initial_shape.reshape(-1),
+            return _predict(flats, h, w, ch, rects[lo:hi], local[lo:hi], self.initial_shape.reshape(-1),
                             self.idx1, self.idx2, self.thresh, self.leaves, self.anchor, self.deltas,
                             UNIT_SQUARE_PINV, FACE_BLOCK)
 
