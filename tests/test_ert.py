@@ -36,6 +36,8 @@ def _int(v: int) -> bytes:
 
 def _float(x: float) -> bytes:
     x = float(np.float32(x))
+    if not math.isfinite(x):  # float_details' special exponents
+        return _int(0) + _int(32002 if math.isnan(x) else 32000 if x > 0 else 32001)
     m, e = math.frexp(x)
     return _int(int(m * (1 << 24))) + _int(e - 24)
 
@@ -67,7 +69,9 @@ def write_model(init, idx1, idx2, thresh, leaves, anchor, deltas) -> bytes:
     return b"".join(out)
 
 
-def random_model(seed: int, n_points: int = 7, n_lev: int = 4, n_tree: int = 9, depth: int = 3, n_pix: int = 30):
+def random_model(seed: int, n_points: int = 7, n_lev: int = 4, n_tree: int = 9, depth: int = 3, n_pix: int = 30,
+                 special: bool = False):
+    """Random model arrays (ErtModel's shapes); ``special``: some thresholds NaN, +inf, -inf."""
     rng = np.random.default_rng(seed)
     n_split = 2 ** depth - 1
     init = rng.uniform(0.1, 0.9, (n_points, 2)).astype(np.float32)
@@ -77,6 +81,9 @@ def random_model(seed: int, n_points: int = 7, n_lev: int = 4, n_tree: int = 9, 
     leaves = rng.normal(0, 0.02, (n_lev, n_tree, n_split + 1, 2 * n_points)).astype(np.float32)
     anchor = rng.integers(0, n_points, (n_lev, n_pix))
     deltas = rng.normal(0, 0.08, (n_lev, n_pix, 2)).astype(np.float32)
+    if special:
+        flat = thresh.reshape(-1)
+        flat[rng.choice(flat.size, 30, replace=False)] = np.repeat([np.nan, np.inf, -np.inf], 10)
     return init, idx1, idx2, thresh, leaves, anchor, deltas
 
 
@@ -132,7 +139,7 @@ def test_parses_the_68_point_model(model):
 
 
 def test_parse_roundtrip_of_random_model():
-    arrays = random_model(1)
+    arrays = random_model(1, special=True)
     m = ert.ErtModel.from_bytes(write_model(*arrays))
     for got, want in zip((m.initial_shape, m.idx1, m.idx2, m.thresh, m.leaves, m.anchor, m.deltas), arrays):
         np.testing.assert_array_equal(got, want)
@@ -167,7 +174,7 @@ def test_wrong_files_are_model_errors(tmp_path):
 
 # ---------------------------------------------------------------- parity: random models
 @pytest.mark.parametrize("seed,kw", [(10, {}), (11, {"depth": 1, "n_points": 3}), (12, {"depth": 5, "n_lev": 2}),
-                                     (13, {"n_points": 1})])
+                                     (13, {"n_points": 1}), (14, {"special": True})])
 def test_parity_random_models(tmp_path, seed, kw):
     """Random models of other sizes, written in dlib's format: dlib and we return the same points,
     on random RGB and grey images, rectangles inside, across and outside the image border."""

@@ -21,8 +21,9 @@ dlib's algorithm (dlib/image_processing/shape_predictor.h), per face with rectan
 * the result is ``tform_to_img(shape)``, rounded to integer pixels.
 
 Both transforms go through dlib's own SVD (svd4, LAPACK-free as in the dlib wheels), which we port
-operation for operation (``_svd4``; the wheel's code has no fused multiply-adds), so even
-coordinates that land exactly on .5 round as dlib's. Tests: tests/test_ert.py (all points equal dlib's on every face tried).
+operation for operation (``_svd4``; the wheel's code has no fused multiply-adds), so
+even coordinates that land exactly on .5 round as dlib's. Tests: tests/test_ert.py (all points equal
+dlib's on every face tried).
 
 File format (dlib/serialize.h): integers are written as one control byte (low nibble: number of
 little-endian magnitude bytes that follow, bit 0x80: negative) then the bytes; a float is two such
@@ -713,8 +714,9 @@ def _predict_block(images, img_h, img_w, img_c, rects, face_img, f0, f1,
             for t in range(n_tree):
                 node = 0
                 while node < n_split:
-                    # integer difference of two intensities: exact in float32, as dlib's
-                    go_right = np.float32(fv[idx1[c, t, node]] - fv[idx2[c, t, node]]) <= thr[c, t, node]
+                    # integer difference of two intensities: exact in float32, as dlib's (whose
+                    # test is "> thresh goes left": a NaN threshold sends every face right)
+                    go_right = not (np.float32(fv[idx1[c, t, node]] - fv[idx2[c, t, node]]) > thr[c, t, node])
                     node = 2 * node + 1 + np.int64(go_right)
                 chosen[f, t] = node - n_split
         for t in range(n_tree):
