@@ -57,7 +57,7 @@ class ModelFile:
 class Model:
     name: str
     task: str  # "detect", "landmarks", "embed", "audio", ...
-    runtime: str  # "opencv", "onnxruntime", "torch", "dlib"
+    runtime: str  # "onnxruntime", "torch", "numba" (what runs it)
     files: tuple[ModelFile, ...]
     description: str
     licence_code: str
@@ -109,7 +109,7 @@ register(Model(
 register(Model(
     name="dlib68",
     task="landmarks",
-    runtime="dlib",
+    runtime="numba",
     files=(ModelFile(
         filename="shape_predictor_68_face_landmarks.dat",
         sha256="fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
