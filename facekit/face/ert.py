@@ -66,7 +66,6 @@ FACE_BLOCK = 64  # faces evaluated together, tree after tree (a tree's leaves ar
 
 _ARRAYS = {"initial_shape": np.float32, "idx1": np.int32, "idx2": np.int32, "thresh": np.float32,
            "leaves": np.float32, "anchor": np.int32, "deltas": np.float32}  # ErtModel's arrays and dtypes
-_FLAT_IMAGE = numba.types.Array(numba.types.uint8, 1, "C")  # predict's images, flattened
 _POW2_BIAS = 256  # table of 2**e for the exponents floats use (|e| < 256), read by the parser
 _POW2 = np.ldexp(1.0, np.arange(-_POW2_BIAS, _POW2_BIAS))
 
@@ -871,7 +870,7 @@ class ErtModel:
         h = np.zeros(m, np.int64)
         w = np.zeros(m, np.int64)
         ch = np.ones(m, np.int64)
-        flats = List.empty_list(_FLAT_IMAGE)  # views, not copies, of contiguous images
+        flats = []  # views, not copies, of contiguous images
         for i, u in enumerate(used):
             im = np.asarray(images[u])
             if im.dtype != np.uint8 or not (im.ndim == 2 or (im.ndim == 3 and im.shape[2] in (1, 3))):
@@ -879,6 +878,7 @@ class ErtModel:
             h[i], w[i] = im.shape[:2]
             ch[i] = 1 if im.ndim == 2 else im.shape[2]
             flats.append(np.ascontiguousarray(im).reshape(-1))
+        flats = List(flats)  # (List(list) is ~10x faster than appending to an empty typed List)
         local = local.astype(np.int64).ravel()
 
         def run(lo, hi):
