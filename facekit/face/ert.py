@@ -44,6 +44,9 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils
+from numba.extending import intrinsic
 from numba.typed import List
 
 from .. import zoo
@@ -57,11 +60,12 @@ DBL_EPS = float(np.finfo(np.float64).eps)  # std::numeric_limits<double>::epsilo
 DBL_MIN = float(np.finfo(np.float64).tiny)  # std::numeric_limits<double>::min()
 POINT_ROUND = 0.5  # dlib converts vector<double,2> to point with floor(v + 0.5)
 CACHE_VERSION = 1  # of the parsed-array cache files (cache_file)
+PREFETCH_TREES = 4  # leaves are fetched this many trees before they are added
+FLOATS_PER_LINE = 16  # float32 per 64-byte cache line (one prefetch each)
 FACE_BLOCK = 64  # faces evaluated together, tree after tree (a tree's leaves are read once per block)
 
 _ARRAYS = {"initial_shape": np.float32, "idx1": np.int32, "idx2": np.int32, "thresh": np.float32,
            "leaves": np.float32, "anchor": np.int32, "deltas": np.float32}  # ErtModel's arrays and dtypes
-_FLAT_IMAGE = numba.types.Array(numba.types.uint8, 1, "C")  # predict's images, flattened
 _POW2_BIAS = 256  # table of 2**e for the exponents floats use (|e| < 256), read by the parser
 _POW2 = np.ldexp(1.0, np.arange(-_POW2_BIAS, _POW2_BIAS))
 
@@ -598,6 +602,28 @@ def _unnormalizing(rect, pinv):
 # --------------------------------------------------------------------------------------------
 # evaluation
 # --------------------------------------------------------------------------------------------
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """Hint the CPU to fetch the cache line holding ``arr[idx]`` (1-D array, int index) ahead of use
+    (llvm.prefetch, read, high locality): the leaves a face adds next are known in advance, and
+    fetching them while the current ones are added hides most of the memory latency."""
+    sig = numba.types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]], wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+
+# --------------------------------------------------------------------------------------------
 @numba.njit(cache=True, nogil=True)
 def _similarity(init, shape, cov, u, q, v, e):
     """dlib find_tform_between_shapes(init -> shape).get_m() cast to float32, as dlib computes it
@@ -667,6 +693,7 @@ def _predict_block(images, img_h, img_w, img_c, rects, face_img, f0, f1,
     k = d // 2
     n_lev, n_tree, n_split = idx1.shape
     n_pix = anchor.shape[1]
+    n_leaf = leaves.shape[2]
     shape = np.empty((n, d), np.float32)
     for f in range(n):
         shape[f, :] = init
@@ -709,9 +736,17 @@ def _predict_block(images, img_h, img_w, img_c, rects, face_img, f0, f1,
                     fv[i] = 0
         # every tree's leaf first (the walks depend only on the features), then the additions in
         # tree order (float32, as dlib), tree-major so that a tree's leaves serve the whole block
+        s1 = idx1[c].reshape(-1)
+        s2 = idx2[c].reshape(-1)
+        st = thr[c].reshape(-1)
         for f in range(n):
             fv = feats[f]
             for t in range(n_tree):
+                if n_split and t + PREFETCH_TREES < n_tree:  # split tables of a later tree (first, last node)
+                    for q in ((t + PREFETCH_TREES) * n_split, (t + PREFETCH_TREES + 1) * n_split - 1):
+                        _prefetch(s1, q)
+                        _prefetch(s2, q)
+                        _prefetch(st, q)
                 node = 0
                 while node < n_split:
                     # integer difference of two intensities: exact in float32, as dlib's (whose
@@ -719,8 +754,14 @@ def _predict_block(images, img_h, img_w, img_c, rects, face_img, f0, f1,
                     go_right = not (np.float32(fv[idx1[c, t, node]] - fv[idx2[c, t, node]]) > thr[c, t, node])
                     node = 2 * node + 1 + np.int64(go_right)
                 chosen[f, t] = node - n_split
+        lv = leaves[c].reshape(-1)
         for t in range(n_tree):
+            ahead = t + PREFETCH_TREES
             for f in range(n):
+                if ahead < n_tree:  # the leaf this face adds PREFETCH_TREES trees later
+                    base = (ahead * n_leaf + chosen[f, ahead]) * d
+                    for e in range(0, d, FLOATS_PER_LINE):
+                        _prefetch(lv, base + e)
                 leaf = leaves[c, t, chosen[f, t]]
                 cur = shape[f]
                 for e in range(d):
@@ -829,7 +870,7 @@ class ErtModel:
         h = np.zeros(m, np.int64)
         w = np.zeros(m, np.int64)
         ch = np.ones(m, np.int64)
-        flats = List.empty_list(_FLAT_IMAGE)  # views, not copies, of contiguous images
+        flats = []  # views, not copies, of contiguous images
         for i, u in enumerate(used):
             im = np.asarray(images[u])
             if im.dtype != np.uint8 or not (im.ndim == 2 or (im.ndim == 3 and im.shape[2] in (1, 3))):
@@ -837,6 +878,7 @@ class ErtModel:
             h[i], w[i] = im.shape[:2]
             ch[i] = 1 if im.ndim == 2 else im.shape[2]
             flats.append(np.ascontiguousarray(im).reshape(-1))
+        flats = List(flats)  # (List(list) is ~10x faster than appending to an empty typed List)
         local = local.astype(np.int64).ravel()
 
         def run(lo, hi):
