@@ -518,16 +518,19 @@ def _run_frames(unit, info, config, todo, writer, warnings, on_frames=None) -> i
     for s in todo:
         if getattr(s, "prepares", False):
             batches = prefetch(_prepared(batches, [s]), depth=1)
-    for batch in batches:
-        batch.faces.clear()  # per-face arrays of this batch, filled by the stages in order
-        writer.append("frames/t", batch.t_sec)
-        writer.append("frames/index", batch.index)
-        for s in todo:
-            s.on_frames(batch, n, writer)
-        n += len(batch.t_sec)
-        if on_frames is not None:
-            on_frames(len(batch.t_sec), info)
-        scale = batch.scale
+    try:
+        for batch in batches:
+            batch.faces.clear()  # per-face arrays of this batch, filled by the stages in order
+            writer.append("frames/t", batch.t_sec)
+            writer.append("frames/index", batch.index)
+            for s in todo:
+                s.on_frames(batch, n, writer)
+            n += len(batch.t_sec)
+            if on_frames is not None:
+                on_frames(len(batch.t_sec), info)
+            scale = batch.scale
+    finally:
+        batches.close()  # stops and waits for the background threads, also when a stage failed
     for s in todo:
         s.end(writer)
     store.set_attrs(writer.group["frames"], {

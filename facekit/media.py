@@ -568,6 +568,9 @@ def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, warnings
         container.close()
 
 
+JOIN_TIMEOUT_SEC = 120.0  # how long a stopped prefetch waits for its worker's item in progress
+
+
 def prefetch(iterable, depth: int = 2):
     """Run an iterator in a background thread, ``depth`` items ahead (decode overlaps inference).
 
@@ -594,7 +597,7 @@ def prefetch(iterable, depth: int = 2):
     def worker():
         try:
             for item in source:
-                if not put(item):
+                if not put(item) or stop.is_set():  # (no new item once the consumer has stopped)
                     return
             put(done)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
@@ -619,3 +622,7 @@ def prefetch(iterable, depth: int = 2):
             yield item
     finally:
         stop.set()
+        # let the worker finish the item it is on (at most one batch of work): nothing of this
+        # iterator may still run when the consumer moves on (e.g. stages start the next video)
+        if th is not threading.current_thread():
+            th.join(JOIN_TIMEOUT_SEC)

@@ -371,22 +371,25 @@ def test_store_input_is_not_reused_for_a_changed_source(clips, tmp_path):
         assert v.attrs["reused_stages"] == [] and len(v.frames) == 12
 
 
-def test_stages_run_ahead_give_the_same_store(clips, tmp_path, monkeypatch):
-    """Detection and dlib68 landmarks run one batch ahead in background threads (Stage.prepare);
-    the store is the same as when every stage runs in order in one thread, at any batch size."""
+@pytest.mark.parametrize("every", [1, 3])
+def test_stages_run_ahead_give_the_same_store(clips, tmp_path, monkeypatch, every):
+    """Detection (or keyframes and following) and dlib68 landmarks run one batch ahead in
+    background threads (Stage.prepare); the store is the same as when every stage runs in order in
+    one thread, at any batch size."""
     from facekit.face import detect, landmarks
 
     st = "detect,track,landmarks,align,pose,crop"
     inputs = [str(clips["face"]), str(clips["face2"])]
-    a = facekit.extract(inputs, tmp_path / "a.h5", stages=st, progress=False, batch_size=4)
+    kw = dict(stages=st, progress=False, detect_every=every)
+    a = facekit.extract(inputs, tmp_path / "a.h5", batch_size=4, **kw)
     seen = []
-    real = landmarks.LandmarksStage.prepare
-    monkeypatch.setattr(landmarks.LandmarksStage, "prepare", lambda self, b: seen.append(1) or real(self, b))
-    c = facekit.extract(inputs, tmp_path / "c.h5", stages=st, progress=False, batch_size=7)
-    assert seen  # the landmarks did run ahead
+    real = detect.DetectStage.prepare
+    monkeypatch.setattr(detect.DetectStage, "prepare", lambda self, b: seen.append(1) or real(self, b))
+    c = facekit.extract(inputs, tmp_path / "c.h5", batch_size=7, **kw)
+    assert seen  # detection did run ahead
     monkeypatch.setattr(detect.DetectStage, "prepare", lambda self, b: None)
     monkeypatch.setattr(landmarks.LandmarksStage, "prepare", lambda self, b: None)
-    b = facekit.extract(inputs, tmp_path / "b.h5", stages=st, progress=False)
+    b = facekit.extract(inputs, tmp_path / "b.h5", **kw)
     assert a.ok and b.ok and c.ok
     with facekit.open(tmp_path / "a.h5") as A, facekit.open(tmp_path / "b.h5") as B, \
             facekit.open(tmp_path / "c.h5") as C:

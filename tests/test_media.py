@@ -482,3 +482,23 @@ def test_real_crowd_1080p_probe(shared_data):
     info = probe(shared_data / "videos" / "crowd_1080p.mp4")
     assert (info.width, info.height, info.rotation) == (1920, 1080, 0)
     assert info.fps_nominal == pytest.approx(25) and info.n_frames == 105
+
+
+def test_prefetch_close_waits_for_the_item_in_progress():
+    """close() returns only when the worker is done: an item being computed (a batch being detected
+    or followed, whose stage state the next video resets) never runs on after the consumer moved on."""
+    started, finished = threading.Event(), threading.Event()
+
+    def source():
+        yield 0
+        started.set()
+        time.sleep(0.5)  # the consumer stops while this item is being made
+        finished.set()
+        yield 1
+
+    it = prefetch(source(), depth=1)
+    assert next(it) == 0
+    assert started.wait(5)
+    it.close()
+    assert finished.is_set()
+    assert not any(t.name == "facekit-prefetch" and t.is_alive() for t in threading.enumerate())

@@ -60,7 +60,7 @@ class DetectStage(stages.Stage):
         self.on_gpu = dev != "cpu"
         self.detector = load_detector(config.detector, config.weights, config.det_threshold, config.det_nms, dev)
         self.landmarker = None
-        self.prepares = self.every == 1  # detection runs ahead, in the engine's background thread
+        self.prepares = True  # detection (or following) runs ahead, in the engine's background thread
         #: stages whose stored outputs were computed together with this one's: reused only together
         self.reuse_with = ("landmarks",) if self.every > 1 else ()
         if self.every > 1:
@@ -145,11 +145,13 @@ class DetectStage(stages.Stage):
         return self._detect_many([rgb], scale)[0]
 
     def prepare(self, batch) -> None:
-        """Detect the faces of a batch ahead of ``on_frames`` (the engine calls this in a background
-        thread, one batch ahead, so detection overlaps the other stages). Only without keyframes:
-        following needs the previous frame's landmarks."""
+        """Detect (or, with keyframes, detect and follow) the faces of a batch ahead of ``on_frames``:
+        the engine calls this in a background thread, batch after batch in order, one batch ahead,
+        so that detection overlaps the other stages."""
         if self.every == 1:
             batch.prepared[self.name] = self._detect_many(batch.rgb, batch.scale)
+        else:
+            batch.prepared[self.name] = self._follow_frames(batch)
 
     def on_frames(self, batch, row0: int, writer) -> None:
         if self.every > 1:
@@ -169,10 +171,11 @@ class DetectStage(stages.Stage):
                            kps5=np.concatenate(kps).astype(np.float32), source=np.zeros(n, np.uint8))
         self.write_faces(writer, batch)
 
-    def _on_frames_follow(self, batch, row0: int, writer) -> None:
-        """Keyframes and following, frame by frame (each frame needs the previous one's landmarks).
-        The landmarks computed here are handed to the ``landmarks`` stage (``batch.faces``
-        ``"followed_landmarks"``): for followed faces they come from the predicted key points."""
+    def _follow_frames(self, batch) -> dict:
+        """Keyframes and following, frame by frame (each frame needs the previous one's landmarks):
+        the faces of the batch's frames, concatenated (display pixels), and ``count`` [B], the faces
+        of each frame. The landmarks computed here are handed to the ``landmarks`` stage
+        (``followed_landmarks``): for followed faces they come from the predicted key points."""
         from .landmarks import box_from_kps5
 
         bs = batch.scale
@@ -190,19 +193,26 @@ class DetectStage(stages.Stage):
 
             self._follower = follow.Follower(detect, landmark, self.every, self._cuts, roundtrip)
             self._follower_scale = bs
-        rows, box, score, kps, lms, src = [], [], [], [], [], []
-        for i, (rgb, t) in enumerate(zip(batch.rgb, batch.t_sec)):
+        count, box, score, kps, lms, src = [], [], [], [], [], []
+        for rgb, t in zip(batch.rgb, batch.t_sec):
             f = self._follower.step(rgb, float(t))
-            n = len(f["box"])
-            rows.append(np.full(n, row0 + i, np.int64))
+            count.append(len(f["box"]))
             box.append(to_display(f["box"], bs))
             score.append(f["score"])
             kps.append(to_display(f["kps5"], bs))
             lms.append(to_display(f["landmarks"].astype(np.float32), bs))  # as the landmarks stage does
             src.append(f["source"])
-        batch.faces.update(frame=np.concatenate(rows), box=np.concatenate(box).reshape(-1, 4).astype(np.float32),
-                           score=np.concatenate(score).astype(np.float32),
-                           kps5=np.concatenate(kps).reshape(-1, 5, 2).astype(np.float32),
-                           source=np.concatenate(src).astype(np.uint8),
-                           followed_landmarks=np.concatenate(lms).reshape(-1, 68, 2).astype(np.float32))
+        return {"count": np.asarray(count, np.int64),
+                "box": np.concatenate(box).reshape(-1, 4).astype(np.float32),
+                "score": np.concatenate(score).astype(np.float32),
+                "kps5": np.concatenate(kps).reshape(-1, 5, 2).astype(np.float32),
+                "source": np.concatenate(src).astype(np.uint8),
+                "followed_landmarks": np.concatenate(lms).reshape(-1, 68, 2).astype(np.float32)}
+
+    def _on_frames_follow(self, batch, row0: int, writer) -> None:
+        got = batch.prepared.pop(self.name, None)
+        if got is None:
+            got = self._follow_frames(batch)
+        count = got.pop("count")
+        batch.faces.update(frame=np.repeat(row0 + np.arange(len(count), dtype=np.int64), count), **got)
         self.write_faces(writer, batch)
