@@ -19,6 +19,8 @@ landmarks, tracking, ``align``/``pose`` (a few flops per face) and log-Mel stay 
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .stages import StageError
@@ -264,6 +266,48 @@ def ort_session(path, device="cpu", gpu: int | None = None, options=None):
                           f"(providers: {', '.join(sess.get_providers())}): the CUDA provider failed to load, "
                           f"check the CUDA and cuDNN libraries onnxruntime-gpu {ort.__version__} needs")
     return sess
+
+
+#: held while a PyTorch model runs on a GPU with the cuDNN settings it needs (see ``cudnn_mode``)
+_CUDNN_LOCK = threading.RLock()
+
+
+@contextmanager
+def cudnn_mode(torch_device, exact: bool):
+    """Run a PyTorch model on ``torch_device`` with fixed cuDNN settings: ``exact`` = full float32
+    convolutions (TF32 off: FAN, YuNet, Whisper's fp32 mode), else PyTorch's defaults (TF32 on).
+
+    cuDNN's settings are process-wide, and the detector runs in a background thread beside the
+    main thread's GPU stages: every GPU forward pass takes this lock, so no model ever sees another
+    one's settings (the results would then depend on timing). A no-op on the CPU."""
+    if not str(torch_device).startswith("cuda"):
+        yield
+        return
+    import torch
+
+    with _CUDNN_LOCK, torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False,
+                                                 allow_tf32=not exact):
+        yield
+
+
+def cpu_threads() -> int:
+    """The CPU threads this process's compute may use: ``FACEKIT_THREADS`` when set (workers of
+    ``--workers N`` get their share of the CPUs this way), else the CPUs it may run on."""
+    import os
+
+    env = os.environ.get("FACEKIT_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise DeviceError(f"FACEKIT_THREADS={env!r}: expected a whole number of threads >= 1")
+        return n
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def stages_on_gpu(pipe) -> list[str]:

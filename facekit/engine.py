@@ -512,12 +512,13 @@ def _run_frames(unit, info, config, todo, writer, warnings, on_frames=None) -> i
     scale = 1.0
     batches = iter_frames(unit.path, batch_size=config.batch_size, fps=config.fps, max_side=config.max_side,
                           frame_rate=config.frame_rate, info=info, warnings=warnings)
-    batches = prefetch(batches, depth=2)  # decoding runs in a background thread
+    ahead = [s for s in todo if getattr(s, "prepares", False)]
+    # decoding runs in a background thread (two batches ahead; one when stages run ahead, which buffer too)
+    batches = prefetch(batches, depth=1 if ahead else 2)
     # stages' work that needs only earlier stages' prepared results (detection, then landmarks)
     # runs one batch ahead, each such stage in its own background thread
-    for s in todo:
-        if getattr(s, "prepares", False):
-            batches = prefetch(_prepared(batches, [s]), depth=1)
+    for s in ahead:
+        batches = prefetch(_prepared(batches, [s]), depth=1)
     try:
         for batch in batches:
             batch.faces.clear()  # per-face arrays of this batch, filled by the stages in order
@@ -581,8 +582,8 @@ def _init_worker(gpu_slots=None, threads: int | None = None):
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    if threads and "FACEKIT_THREADS" not in os.environ:
-        os.environ["FACEKIT_THREADS"] = str(threads)  # the detector's onnxruntime threads: a share of the CPUs
+    if threads:  # computed by the parent from FACEKIT_THREADS or the CPUs: this worker's share
+        os.environ["FACEKIT_THREADS"] = str(threads)
     if gpu_slots is not None:  # --device cuda: each worker takes one GPU slot and keeps it
         import queue
 
@@ -754,6 +755,10 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
                 # its worker's copy for the whole run: let them go
                 del pipe
                 _PIPELINES.clear()
+                from .face import detect, embed, landmarks, parse
+
+                for cache in (detect._CACHE, landmarks._CACHE, parse._CACHE, embed._CACHE):
+                    cache.clear()  # (the model caches hold the GPU models too)
                 import gc
 
                 gc.collect()
@@ -766,9 +771,7 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
                 slots = ctx.Queue()
                 for g in gpu_slots:
                     slots.put(g)
-            from .face.yunet import default_threads
-
-            threads = max(1, default_threads() // n_procs)
+            threads = max(1, device_mod.cpu_threads() // n_procs)
             with ctx.Pool(n_procs, initializer=_init_worker, initargs=(slots, threads)) as pool:
                 for r in pool.imap_unordered(_work, [(u, cfg, out, debug) for u in order]):
                     handle(r)

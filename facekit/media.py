@@ -568,9 +568,6 @@ def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, warnings
         container.close()
 
 
-JOIN_TIMEOUT_SEC = 120.0  # how long a stopped prefetch waits for its worker's item in progress
-
-
 def prefetch(iterable, depth: int = 2):
     """Run an iterator in a background thread, ``depth`` items ahead (decode overlaps inference).
 
@@ -625,4 +622,4 @@ def prefetch(iterable, depth: int = 2):
         # let the worker finish the item it is on (at most one batch of work): nothing of this
         # iterator may still run when the consumer moves on (e.g. stages start the next video)
         if th is not threading.current_thread():
-            th.join(JOIN_TIMEOUT_SEC)
+            th.join()

@@ -44,6 +44,7 @@ from .version import SCHEMA_VERSION, __version__
 
 GZIP_LEVEL = 4  # h5py's level for compression="gzip"
 COMPRESS_THREADS = 2  # threads gzip-compressing chunks of a shard in the background (zlib frees the GIL)
+MAX_CHUNKS_IN_FLIGHT = 4 * COMPRESS_THREADS  # per dataset: beyond this, appends wait for the oldest
 SHARD_SUFFIX = ".h5"
 TMP_SUFFIX = ".tmp"
 STATUS_DONE = "done"
@@ -353,6 +354,8 @@ class VideoWriter:
             return
         comp = self._compressors.get(name)
         if comp is not None:
+            if rows.shape[1:] != comp.ds.shape[1:]:  # (h5py's own write would refuse it)
+                raise ValueError(f"{name}: rows of shape {rows.shape[1:]} do not fit the dataset's {comp.ds.shape[1:]}")
             comp.append(rows)
         else:
             ds = self._group[name]
@@ -450,15 +453,19 @@ class _ChunkCompressor:
             rest = rows[full:]
             self.waiting, self.n_waiting = ([rest] if len(rest) else []), len(rest)
         self._write_done(wait=False)
+        while len(self.in_flight) > MAX_CHUNKS_IN_FLIGHT:  # back-pressure: memory stays bounded
+            self._write_oldest()
 
     def _write_done(self, wait: bool) -> None:
-        tail = (0,) * (self.ds.ndim - 1)
         while self.in_flight and (wait or self.in_flight[0][1].done()):
-            row, fut = self.in_flight.popleft()
-            data = fut.result()
-            if self.ds.shape[0] < row + self.rows:
-                self.ds.resize(row + self.rows, axis=0)
-            self.ds.id.write_direct_chunk((row, *tail), data)
+            self._write_oldest()
+
+    def _write_oldest(self) -> None:
+        row, fut = self.in_flight.popleft()
+        data = fut.result()
+        if self.ds.shape[0] < row + self.rows:
+            self.ds.resize(row + self.rows, axis=0)
+        self.ds.id.write_direct_chunk((row, *(0,) * (self.ds.ndim - 1)), data)
 
     def _write_plain(self, rows: np.ndarray) -> None:
         self._write_done(wait=True)

@@ -140,3 +140,29 @@ def test_gzip_rows_compressed_in_background_read_back_equal(tmp_path):
         assert ds.compression == "gzip" and ds.chunks == (16, 8, 8, 3)
         assert np.array_equal(ds[()], want)
         assert np.array_equal(f["videos/v.mp4/faces/plain"][:, 0], np.repeat(np.arange(7), [len(r) for r in rows]))
+
+
+def test_gzip_append_checks_shape_and_bounds_memory(tmp_path, monkeypatch):
+    out = tmp_path / "s.h5"
+    store.check_writable(out)
+    w = store.VideoWriter(out, "v.mp4")
+    w.create("faces/crop", (8, 8, 3), "u1", compression="gzip", chunk_rows=4)
+    with pytest.raises(ValueError, match="do not fit"):
+        w.append("faces/crop", np.zeros((4, 3, 8, 8), np.uint8))  # channels first: refused, as h5py would
+    comp = w._compressors["faces/crop"]
+    seen = []
+    real = comp._write_oldest
+    monkeypatch.setattr(comp, "_write_oldest", lambda: seen.append(len(comp.in_flight)) or real())
+    import threading
+    gate = threading.Event()  # compression blocked: chunks pile up until the back-pressure limit
+    monkeypatch.setattr(comp, "pool", type("P", (), {"submit": lambda self, f, *a: w._pool.submit(
+        lambda: gate.wait() and f(*a))})())
+    threading.Timer(0.5, gate.set).start()
+    for i in range(20):
+        w.append("faces/crop", np.full((8, 8, 8, 3), i, np.uint8))
+        assert len(comp.in_flight) <= store.MAX_CHUNKS_IN_FLIGHT
+    final = w.commit({"status": "done", "n_frames": 0, "n_faces": 0, "stages": ["crop"]})
+    assert seen and max(seen) <= store.MAX_CHUNKS_IN_FLIGHT + 2  # (an append of 8 rows adds 2 chunks)
+    with h5py.File(final, "r") as f:
+        got = f["videos/v.mp4/faces/crop"][()]
+    assert np.array_equal(got[:, 0, 0, 0], np.repeat(np.arange(20), 8))

@@ -97,3 +97,14 @@ def test_bad_weights_one_line(tmp_path):
     bad.write_bytes(b"not an onnx file")
     with pytest.raises(zoo.ModelError, match="yunet.onnx"):
         YuNet(zoo.Resolved("yunet", bad, "explicit", zoo.sha256_of(bad)))
+
+
+def test_same_numbers_with_any_thread_count_or_batch():
+    """The store must not depend on --workers (each worker gets a share of the CPUs) or on batching."""
+    w = zoo.resolve("yunet")
+    frames = [mediagen.face_image((320, 240), offset=(o, 0)) for o in range(-30, 31, 15)]
+    one, two = YuNet(w, threads=1), YuNet(w, threads=2)
+    ref = [one.detect(f) for f in frames]
+    for got in (one.detect_batch(frames), two.detect_batch(frames), [two.detect(f) for f in frames]):
+        for (b0, s0, k0), (b1, s1, k1) in zip(ref, got):
+            assert np.array_equal(b0, b1) and np.array_equal(s0, s1) and np.array_equal(k0, k1)

@@ -364,7 +364,9 @@ class VGGishStage(stages.Stage):
         torch = _torch()
         out = np.zeros((len(examples), EMBED_DIM), np.float32)
         bs = self.config.vggish_batch_size
-        with torch.inference_mode():
+        from ..device import cudnn_mode
+
+        with torch.inference_mode(), cudnn_mode(self.device, exact=False):
             for a in range(0, len(examples), bs):
                 x = torch.from_numpy(np.array(examples[a:a + bs], np.float32)).to(self.device)  # a copy
                 out[a:a + bs] = self.net(x).float().cpu().numpy()

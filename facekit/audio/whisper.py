@@ -39,7 +39,6 @@ Output: ``data`` [T, n_audio_state] float32 (384 tiny, 512 base, 768 small, 1024
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 
@@ -270,9 +269,10 @@ class WhisperStage(stages.Stage):
         outs = [np.zeros((n_frames(x.size), self.dims.n_audio_state), np.float32) for x in tracks]
         windows = [(i, k) for i, x in enumerate(tracks) for k in range(math.ceil(x.size / WINDOW_SAMPLES))]
         dtype = torch.float16 if self.half else torch.float32
-        exact = contextlib.nullcontext()
-        if self.device.type == "cuda" and not self.half:  # --whisper-fp32: no TF32 rounding either
-            exact = torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False)
+        from ..device import cudnn_mode
+
+        # --whisper-fp32: no TF32 rounding either; fp16: PyTorch's defaults (under the process-wide lock)
+        exact = cudnn_mode(str(self.device), exact=not self.half)
         with torch.inference_mode(), exact:
             for b0 in range(0, len(windows), self.batch):
                 part = windows[b0:b0 + self.batch]

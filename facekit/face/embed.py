@@ -304,7 +304,9 @@ class EfficientNetEmbedder:
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         torch = self._torch
         out = np.zeros((len(crops), self.spec.dim), np.float32)
-        with torch.inference_mode():
+        from ..device import cudnn_mode
+
+        with torch.inference_mode(), cudnn_mode(self.device, exact=False):
             for a in range(0, len(crops), self.max_batch):
                 x = self.preprocess(crops[a:a + self.max_batch])
                 f = self.net._avg_pooling(self.net.extract_features(x)).flatten(1)
@@ -409,7 +411,9 @@ class HFEmbedder:
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         torch = self._torch
         out = np.zeros((len(crops), self.spec.dim), np.float32)
-        with torch.inference_mode():
+        from ..device import cudnn_mode
+
+        with torch.inference_mode(), cudnn_mode(self.device, exact=False):
             for a in range(0, len(crops), self.max_batch):
                 y = getattr(self.net(pixel_values=self.preprocess(crops[a:a + self.max_batch])), self._out)
                 if y.shape[1] != self.spec.dim:

@@ -97,13 +97,11 @@ class Fan:
     def _exact(self):
         """On CUDA: full float32 convolutions. cuDNN's TF32 (PyTorch's default for convolutions on
         Ampere and later) rounds inputs to 10 mantissa bits: heatmaps then differ from the CPU's by
-        ~1e-2 and some arg-maxes jump (bench/RESULTS-gpu.md); without it they agree to ~1e-5."""
-        import contextlib
+        ~1e-2 and some arg-maxes jump (bench/RESULTS-gpu.md); without it they agree to ~1e-5.
+        Under facekit.device's process-wide cuDNN lock (the detector runs in another thread)."""
+        from ..device import cudnn_mode
 
-        if not str(self.device).startswith("cuda"):
-            return contextlib.nullcontext()
-        return self._torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False,
-                                                allow_tf32=False)
+        return cudnn_mode(self.device, exact=True)
 
     def _centre_scale(self, box):
         u = self._u

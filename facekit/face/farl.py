@@ -243,7 +243,9 @@ class FarlParser:
         h, w = images.shape[1:3]
         out = None
         wf = self.setting["warp_factor"]
-        with torch.inference_mode():
+        from ..device import cudnn_mode
+
+        with torch.inference_mode(), cudnn_mode(self.device, exact=False):
             for a in range(0, k, self.max_batch):
                 sel = slice(a, a + self.max_batch)
                 imgs = torch.from_numpy(np.ascontiguousarray(images[frame_idx[sel]])).permute(0, 3, 1, 2)

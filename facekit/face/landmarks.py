@@ -23,6 +23,7 @@ BOX_SCALE = 1.7
 BOX_SHIFT = 0.0
 WORK_SIDE = 256.0  # pixels: faces are resized so their box is this wide before dlib runs
 CROP_MARGIN = 0.3  # of the box side, kept around the box in that crop
+ERT_MIN_FACES_PER_THREAD = 8  # faces of a call are shared among threads only in groups this large
 
 
 def box_from_kps5(kps5: np.ndarray, scale: float = BOX_SCALE, shift: float = BOX_SHIFT) -> np.ndarray:
@@ -98,7 +99,11 @@ class Dlib68:
                 where.append(c[2])
                 rows.append(i)
         if rows:
-            pts = self._model.predict(crops, np.asarray(rects, np.int64), np.arange(len(rows)))
+            from ..device import cpu_threads
+
+            # the compiled code releases the GIL: half the CPUs (the other half detects, decodes...)
+            threads = max(1, min(cpu_threads() // 2, len(rows) // ERT_MIN_FACES_PER_THREAD))
+            pts = self._model.predict(crops, np.asarray(rects, np.int64), np.arange(len(rows)), threads=threads)
             o = np.asarray(where, np.float64)  # cx0, cy0, kx, ky per face
             # pixel centres: crop pixel j covers source [cx0 + j/k, cx0 + (j+1)/k)
             out[rows, :, 0] = o[:, None, 0] + (pts[:, :, 0] + 0.5) / o[:, None, 2] - 0.5

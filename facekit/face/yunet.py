@@ -16,8 +16,6 @@ pixels.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from .. import zoo
@@ -185,19 +183,15 @@ def _pad_min(rgb: np.ndarray) -> np.ndarray:
 
 
 def default_threads() -> int:
-    """onnxruntime threads for the detector: the CPUs this process may use (``FACEKIT_THREADS``
-    overrides; workers set it to their share)."""
-    env = os.environ.get("FACEKIT_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    """onnxruntime threads for the detector: ``facekit.device.cpu_threads()``."""
+    from ..device import cpu_threads
+
+    return cpu_threads()
 
 
 class YuNet:
-    """YuNet in onnxruntime (CPU; the CUDA provider with ``device="cuda..."``).
+    """YuNet in onnxruntime (``device="cpu"``; ``"cuda:N"`` uses onnxruntime-gpu's CUDA provider,
+    never a silent CPU session; the detect stage uses ``YuNetTorch`` on GPUs instead).
 
     ``detect(rgb)`` one image; ``detect_batch(frames)`` a list of images (same-size images share
     onnxruntime calls). Thread-safe: the engine runs it in a background thread."""

@@ -13,8 +13,6 @@ convolution noise (tests/test_yunet_torch.py: 1e-3 px).
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from .. import device as device_mod
@@ -74,11 +72,9 @@ class YuNetTorch:
         self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
 
     def _exact(self):
-        """Full float32 convolutions on CUDA (cuDNN's TF32 rounds inputs to 10 mantissa bits)."""
-        if self.device == "cpu":
-            return contextlib.nullcontext()
-        return self._torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False,
-                                                allow_tf32=False)
+        """Full float32 convolutions on CUDA (cuDNN's TF32 rounds inputs to 10 mantissa bits),
+        under facekit.device's process-wide cuDNN lock (this runs in a background thread)."""
+        return device_mod.cudnn_mode(self.device, exact=True)
 
     def detect(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Detect faces in one RGB uint8 image [H, W, 3].
