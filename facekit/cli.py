@@ -152,7 +152,8 @@ def run_options(f):
                           "one worker per GPU (e.g. --device cuda:0,1 --landmarker fan2d). Stops at once if "
                           "CUDA is unusable; never falls back to the CPU."),
         click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Worker processes, each writing its own shards (CPU runs)."),
+                     help="Worker processes, each writing its own shards (CPU runs); each gets 1/N of the "
+                          "CPUs for its threads (the environment variable FACEKIT_THREADS caps them)."),
         click.option("--workers-per-device", type=click.IntRange(min=1), default=1, show_default=True,
                      help="With --device cuda: worker processes per GPU."),
         click.option("--shard", default=None, metavar="I/N",
