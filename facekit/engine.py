@@ -632,6 +632,7 @@ def extract(inputs, out, *, stages=None, command: str | None = None, progress: b
         raise ValueError(f"unknown backend {cfg.backend!r} (local or ray)")
     from . import device as device_mod
 
+    device_mod.cpu_threads()  # DeviceError for a malformed FACEKIT_THREADS, whatever models are cached
     check_cfg = cfg
     if cfg.backend == "ray":  # the GPUs are the cluster's: one per actor (facekit/cluster.py)
         device_mod.parse(cfg.device)  # DeviceError for a malformed --device

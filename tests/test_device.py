@@ -191,9 +191,6 @@ def test_facekit_threads(monkeypatch, clips, tmp_path):
     monkeypatch.setenv("FACEKIT_THREADS", "two")
     with pytest.raises(device.DeviceError, match="FACEKIT_THREADS='two'"):
         device.cpu_threads()
-    from facekit.face import detect
-
-    detect._CACHE.clear()  # (a cached detector would not ask)
     r = CliRunner().invoke(main, ["detect", str(clips["face"]), "-o", str(tmp_path / "x.h5")])
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and "FACEKIT_THREADS" in lines[0], r.output
