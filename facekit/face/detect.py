@@ -82,6 +82,7 @@ class DetectStage(stages.Stage):
             p["detect_every"] = self.every
             p["follow"] = {
                 "landmarker": self.landmarker.name, "landmarker_sha256": self.landmarker.weights.sha256,
+                "landmarker_runtime": self.landmarker.runtime,
                 "kps5_offset": [list(o) for o in follow.KPS5_OFFSET], "box_from_kps5": list(follow.BOX_FROM_KPS5),
                 "velocity_gain": follow.VELOCITY_GAIN, "max_gap_sec": follow.MAX_GAP_SEC,
                 "min_iod_px": follow.MIN_IOD_PX, "outside_frac": follow.OUTSIDE_FRAC,
