@@ -466,12 +466,15 @@ class _Replay:
         frame = self._old["faces/frame"][()] if "faces/frame" in self._old else np.zeros(0, np.int64)
         self._frame = frame
 
+    def prepare_steps(self) -> list:
+        return []
+
     def begin(self, writer, info) -> None:
         for path in self.stage.outputs:
             if path.startswith("faces/") and path in self._old:
                 ds = self._old[path]
                 writer.create(path, ds.shape[1:], ds.dtype, attrs=store.attrs_dict(ds),
-                              compression=ds.compression)
+                              compression=ds.compression, compression_opts=ds.compression_opts)
 
     def on_frames(self, batch, row0: int, writer) -> None:
         a, b = np.searchsorted(self._frame, [row0, row0 + len(batch.t_sec)])
@@ -490,12 +493,11 @@ class _Replay:
         self._file.close()
 
 
-def _prepared(batches, ahead):
-    """``batches`` with each stage of ``ahead`` having run ``prepare`` on every batch."""
+def _prepared(batches, step):
+    """``batches`` with ``step`` (a stage's prepare step) having run on every batch."""
     try:
         for batch in batches:
-            for s in ahead:
-                s.prepare(batch)
+            step(batch)
             yield batch
     finally:
         close = getattr(batches, "close", None)
@@ -512,13 +514,13 @@ def _run_frames(unit, info, config, todo, writer, warnings, on_frames=None) -> i
     scale = 1.0
     batches = iter_frames(unit.path, batch_size=config.batch_size, fps=config.fps, max_side=config.max_side,
                           frame_rate=config.frame_rate, info=info, warnings=warnings)
-    ahead = [s for s in todo if getattr(s, "prepares", False)]
+    ahead = [step for s in todo for step in s.prepare_steps()]
     # decoding runs in a background thread (two batches ahead; one when stages run ahead, which buffer too)
     batches = prefetch(batches, depth=1 if ahead else 2)
-    # stages' work that needs only earlier stages' prepared results (detection, then landmarks)
-    # runs one batch ahead, each such stage in its own background thread
-    for s in ahead:
-        batches = prefetch(_prepared(batches, [s]), depth=1)
+    # stages' work that needs only earlier stages' prepared results (detection, then landmarks; with
+    # keyframes: keyframe detection, then following) runs one batch ahead, each step in its own thread
+    for step in ahead:
+        batches = prefetch(_prepared(batches, step), depth=1)
     try:
         for batch in batches:
             batch.faces.clear()  # per-face arrays of this batch, filled by the stages in order

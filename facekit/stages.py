@@ -9,7 +9,9 @@ consumes (``"frames"`` or ``"audio"``), the stages it ``requires``, and the stor
     stage.prepare(batch)                      optional (when ``prepares`` is true): work on a batch that
                                               needs no other stage's output, run by the engine in a
                                               background thread one batch ahead (results go to
-                                              ``batch.prepared[name]``), so it overlaps the other stages
+                                              ``batch.prepared[name]``), so it overlaps the other stages;
+                                              a stage may split it into several steps
+                                              (``prepare_steps``), each then in its own thread
     stage.on_frames(batch, row0, writer)      frame stages: one FrameBatch at a time; the faces
                                               found so far in the batch are in ``batch.faces``
                                               (name -> array, one row per face, display pixels)
@@ -54,6 +56,12 @@ class Stage:
 
     def prepare(self, batch) -> None:
         pass
+
+    def prepare_steps(self) -> list:
+        """The callables ``f(batch)`` the engine runs ahead, in this order, each in its own background
+        thread (every batch goes through them in turn): ``[self.prepare]``, or none when the stage
+        does not prepare. A stage whose preparation has parts that can overlap lists them here."""
+        return [self.prepare] if self.prepares else []
 
     def on_frames(self, batch, row0: int, writer) -> None:
         pass

@@ -42,7 +42,7 @@ import numpy as np
 
 from .version import SCHEMA_VERSION, __version__
 
-GZIP_LEVEL = 4  # h5py's level for compression="gzip"
+GZIP_LEVEL = 4  # h5py's level for compression="gzip" when none is given
 COMPRESS_THREADS = 2  # threads gzip-compressing chunks of a shard in the background (zlib frees the GIL)
 MAX_CHUNKS_IN_FLIGHT = 4 * COMPRESS_THREADS  # per dataset: beyond this, appends wait for the oldest
 SHARD_SUFFIX = ".h5"
@@ -321,8 +321,9 @@ class VideoWriter:
             self.io.raise_error()
 
     def create(self, name: str, shape_tail=(), dtype="f4", data=None, growable=True, attrs=None,
-               compression=None, chunk_rows=None):
-        """Create dataset ``name`` (relative to the video group); growable along axis 0."""
+               compression=None, chunk_rows=None, compression_opts=None):
+        """Create dataset ``name`` (relative to the video group); growable along axis 0.
+        ``compression_opts``: the gzip level (default ``GZIP_LEVEL``)."""
         if data is not None:
             data = np.asarray(data)
             dtype, shape_tail = data.dtype, data.shape[1:]
@@ -333,6 +334,8 @@ class VideoWriter:
             kw = dict(maxshape=(None, *shape_tail), chunks=(rows, *shape_tail))
         if compression:
             kw["compression"] = compression
+            if compression_opts is not None:
+                kw["compression_opts"] = compression_opts
         ds = self._group.create_dataset(name, shape=shape, dtype=dtype, data=data, **kw)
         if attrs:
             set_attrs(ds, attrs)
@@ -427,10 +430,11 @@ class _ChunkCompressor:
         self.n_waiting = 0
         self.in_flight: deque = deque()  # (first row, future of the compressed bytes), in row order
         self.n_rows = ds.shape[0]  # rows written or in flight
+        self.level = int(ds.compression_opts)  # the dataset's gzip level
 
     @staticmethod
     def handles(ds: h5py.Dataset) -> bool:
-        return (ds.compression == "gzip" and ds.compression_opts == GZIP_LEVEL and not ds.shuffle
+        return (ds.compression == "gzip" and not ds.shuffle
                 and not ds.fletcher32 and ds.scaleoffset is None and ds.chunks is not None
                 and all(c == s for c, s in zip(ds.chunks[1:], ds.shape[1:])))
 
@@ -448,7 +452,7 @@ class _ChunkCompressor:
             full = len(rows) // self.rows * self.rows
             for i in range(0, full, self.rows):
                 chunk = rows[i:i + self.rows]
-                self.in_flight.append((self.n_rows, self.pool.submit(zlib.compress, chunk, GZIP_LEVEL)))
+                self.in_flight.append((self.n_rows, self.pool.submit(zlib.compress, chunk, self.level)))
                 self.n_rows += self.rows
             rest = rows[full:]
             self.waiting, self.n_waiting = ([rest] if len(rest) else []), len(rest)

@@ -193,7 +193,7 @@ def test_crop_align_pose_stages(clips, tmp_path):
         f = v.faces
         assert f.crop.shape == (20, 112, 112, 3) and f.crop.dtype == np.uint8
         assert f.affine.shape == (20, 2, 3) and f.attrs("affine")["direction"] == "crop -> image"
-        assert v.group["faces/crop"].compression == "gzip"
+        assert v.group["faces/crop"].compression == "gzip" and v.group["faces/crop"].compression_opts == 1  # crop.CROP_GZIP
         # the eyes of every crop land on the ArcFace template's eyes within 2 px
         to_crop = align.invert_affine(f.affine.astype(np.float64))
         eyes = align.transform_points(to_crop, f.kps5[:, :2].astype(np.float64))
@@ -382,13 +382,16 @@ def test_stages_run_ahead_give_the_same_store(clips, tmp_path, monkeypatch, ever
     inputs = [str(clips["face"]), str(clips["face2"])]
     kw = dict(stages=st, progress=False, detect_every=every)
     a = facekit.extract(inputs, tmp_path / "a.h5", batch_size=4, **kw)
-    seen = []
-    real = detect.DetectStage.prepare
+    seen, keyframes = [], []
+    real, real_key = detect.DetectStage.prepare, detect.DetectStage._prepare_keyframes
     monkeypatch.setattr(detect.DetectStage, "prepare", lambda self, b: seen.append(1) or real(self, b))
+    monkeypatch.setattr(detect.DetectStage, "_prepare_keyframes",
+                        lambda self, b: keyframes.append(1) or real_key(self, b))
     c = facekit.extract(inputs, tmp_path / "c.h5", batch_size=7, **kw)
     assert seen  # detection did run ahead
-    monkeypatch.setattr(detect.DetectStage, "prepare", lambda self, b: None)
-    monkeypatch.setattr(landmarks.LandmarksStage, "prepare", lambda self, b: None)
+    assert bool(keyframes) == (every > 1)  # with keyframes: cuts and grid detections in a thread of their own
+    monkeypatch.setattr(detect.DetectStage, "prepare_steps", lambda self: [])
+    monkeypatch.setattr(landmarks.LandmarksStage, "prepare_steps", lambda self: [])
     b = facekit.extract(inputs, tmp_path / "b.h5", **kw)
     assert a.ok and b.ok and c.ok
     with facekit.open(tmp_path / "a.h5") as A, facekit.open(tmp_path / "b.h5") as B, \

@@ -114,15 +114,17 @@ def test_two_concurrent_runs_into_one_store(clips, tmp_path):
     assert [p.name for p in store.shards_dir(out).iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_gzip_rows_compressed_in_background_read_back_equal(tmp_path):
+@pytest.mark.parametrize("level", [None, 1])
+def test_gzip_rows_compressed_in_background_read_back_equal(tmp_path, level):
     """Appends of any size to a gzip dataset (compressed a chunk at a time off the caller's thread,
-    written with write_direct_chunk) read back as the same rows, as an ordinary gzip dataset; reading
-    the group mid-way (a flush at a partial chunk) and appending again keeps them in order."""
+    written with write_direct_chunk, at the dataset's level) read back as the same rows, as an
+    ordinary gzip dataset; reading the group mid-way (a flush at a partial chunk) and appending
+    again keeps them in order."""
     out = tmp_path / "s.h5"
     store.check_writable(out)
     rng = np.random.default_rng(1)
     w = store.VideoWriter(out, "v.mp4")
-    w.create("faces/crop", (8, 8, 3), "u1", compression="gzip", chunk_rows=16)
+    w.create("faces/crop", (8, 8, 3), "u1", compression="gzip", chunk_rows=16, compression_opts=level)
     w.create("faces/plain", (2,), "f4")
     assert "faces/crop" in w._compressors and "faces/plain" not in w._compressors
     rows = [rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8) for n in (5, 16, 40, 0, 3, 1, 33)]
@@ -138,6 +140,10 @@ def test_gzip_rows_compressed_in_background_read_back_equal(tmp_path):
     with h5py.File(final, "r") as f:
         ds = f["videos/v.mp4/faces/crop"]
         assert ds.compression == "gzip" and ds.chunks == (16, 8, 8, 3)
+        assert ds.compression_opts == (level or store.GZIP_LEVEL)
+        # a chunk compressed in the background carries its level in the zlib header (FLEVEL bits)
+        _, raw = ds.id.read_direct_chunk((16, 0, 0, 0))
+        assert raw[1] >> 6 == (0 if level == 1 else 1)  # 0: level 1, 1: levels 2-5
         assert np.array_equal(ds[()], want)
         assert np.array_equal(f["videos/v.mp4/faces/plain"][:, 0], np.repeat(np.arange(7), [len(r) for r in rows]))
 

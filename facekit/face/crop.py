@@ -26,7 +26,10 @@ from . import align
 
 TRACK_VIDEO_CRF = 18  # x264 quality of --track-videos
 CROP_CHUNK = 16  # crops per HDF5 chunk
-CROP_GZIP = 4  # gzip level of faces/crop (portable: every HDF5 reader has gzip)
+# gzip level of faces/crop (portable: every HDF5 reader has gzip). Photographs barely compress:
+# on real 112 px face crops level 1 gives 1.48x in 1.7 ms a crop, level 4 (h5py's default, used
+# before) 1.51x in 2.8 ms, on one core: a core's worth of CPU at a few hundred crops/s
+CROP_GZIP = 1
 JPEG_QUALITY = 95
 
 
@@ -103,7 +106,8 @@ class CropStage(stages.Stage):
         s = _template_params(self.config)["size"]
         self._store = self.config.crops_in_store
         if self._store:
-            writer.create("faces/crop", (s, s, 3), "u1", compression="gzip", chunk_rows=CROP_CHUNK,
+            writer.create("faces/crop", (s, s, 3), "u1", compression="gzip", compression_opts=CROP_GZIP,
+                          chunk_rows=CROP_CHUNK,
                           attrs={**self.params, "colour": "RGB"})
         self._dir = None
         if self.config.images:

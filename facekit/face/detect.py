@@ -82,7 +82,7 @@ class DetectStage(stages.Stage):
             p["detect_every"] = self.every
             p["follow"] = {
                 "landmarker": self.landmarker.name, "landmarker_sha256": self.landmarker.weights.sha256,
-                "landmarker_runtime": self.landmarker.runtime,
+                "landmarker_runtime": self.landmarker.runtime, "landmarker_preprocess": self.landmarker.PREPROCESS,
                 "kps5_offset": [list(o) for o in follow.KPS5_OFFSET], "box_from_kps5": list(follow.BOX_FROM_KPS5),
                 "velocity_gain": follow.VELOCITY_GAIN, "max_gap_sec": follow.MAX_GAP_SEC,
                 "min_iod_px": follow.MIN_IOD_PX, "outside_frac": follow.OUTSIDE_FRAC,
@@ -110,6 +110,7 @@ class DetectStage(stages.Stage):
 
             self._follower = None  # made at the first batch (needs the batch scale)
             self._cuts = CutDetector()
+            self._key_row = 0  # the next frame's row, in the keyframe step
 
     def end(self, writer) -> None:
         fol = getattr(self, "_follower", None) if self.every > 1 else None
@@ -154,6 +155,23 @@ class DetectStage(stages.Stage):
         else:
             batch.prepared[self.name] = self._follow_frames(batch)
 
+    def prepare_steps(self) -> list:
+        """With keyframes, two steps in two threads: the scene-cut test of every frame and the
+        detector on the frames of the N grid (which are always keyframes), then following, which
+        goes frame by frame and runs the detector itself only on the other keyframes."""
+        return [self._prepare_keyframes, self.prepare] if self.every > 1 else [self.prepare]
+
+    def _prepare_keyframes(self, batch) -> None:
+        """Scene cuts [B] and the faces of the batch's grid frames (row % N == 0), for ``_follow_frames``."""
+        cuts, grid = [], []
+        for i, rgb in enumerate(batch.rgb):
+            cuts.append(bool(self._cuts(rgb)))
+            if self._key_row % self.every == 0:
+                grid.append(i)
+            self._key_row += 1
+        found = self._detect_many([batch.rgb[i] for i in grid], batch.scale) if grid else []
+        batch.prepared[self.name + ":keyframes"] = {"cut": cuts, "found": dict(zip(grid, found))}
+
     def on_frames(self, batch, row0: int, writer) -> None:
         if self.every > 1:
             return self._on_frames_follow(batch, row0, writer)
@@ -194,9 +212,17 @@ class DetectStage(stages.Stage):
 
             self._follower = follow.Follower(detect, landmark, self.every, self._cuts, roundtrip)
             self._follower_scale = bs
+        # cuts and grid detections computed ahead (``_prepare_keyframes``), when the engine ran it
+        pre = batch.prepared.pop(self.name + ":keyframes", None)
         count, box, score, kps, lms, src = [], [], [], [], [], []
-        for rgb, t in zip(batch.rgb, batch.t_sec):
-            f = self._follower.step(rgb, float(t))
+        for i, (rgb, t) in enumerate(zip(batch.rgb, batch.t_sec)):
+            cut = found = None
+            if pre is not None:
+                cut = pre["cut"][i]
+                if i in pre["found"]:
+                    b, sc, k = pre["found"][i]
+                    found = to_processed(b, bs), sc, to_processed(k, bs)
+            f = self._follower.step(rgb, float(t), cut=cut, detected=found)
             count.append(len(f["box"]))
             box.append(to_display(f["box"], bs))
             score.append(f["score"])

