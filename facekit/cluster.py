@@ -10,6 +10,10 @@ to a local run: the same ``process_unit`` runs on each video.
 
 Without ``--ray-address`` (and no ``RAY_ADDRESS`` in the environment) a local Ray instance is
 started with ``--workers`` CPUs, which is mostly useful for testing.
+
+Each actor's compute threads (``FACEKIT_THREADS``) are its node's CPUs shared equally among the
+run's actors on that node (capped by the driver's ``FACEKIT_THREADS`` when set), as local
+``--workers`` does; each video records the threads it ran with (``cpu_threads``).
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ def run_ray(order, cfg, out: str, debug: bool, handle, stopped) -> None:
             raise ClusterError(f"--device {cfg.device} with --workers {cfg.workers}: the Ray cluster has "
                                f"{have:g} GPUs")
 
+    cap = os.environ.get("FACEKIT_THREADS")  # the driver's cap applies on every node
+
     @ray.remote(num_cpus=1, num_gpus=n_gpu, max_restarts=0)
     class Worker:
         @staticmethod
@@ -81,9 +87,18 @@ def run_ray(order, cfg, out: str, debug: bool, handle, stopped) -> None:
                 return replace(config, device="cuda:0")
             return config
 
-        def ready(self, config):
+        def node(self):
+            """(node id, CPUs of that node) for sharing its CPUs among the actors on it."""
+            import ray as ray_
+
+            node = ray_.get_runtime_context().get_node_id()
+            cpus = next((n["Resources"].get("CPU", 1) for n in ray_.nodes() if n["NodeID"] == node), 1)
+            return node, int(cpus)
+
+        def ready(self, config, threads: int):
             from .engine import build_pipeline
 
+            os.environ["FACEKIT_THREADS"] = str(threads)  # before any model makes its thread pools
             build_pipeline(self._cfg(config))  # models load here: missing weights, unusable GPU...
             return True
 
@@ -98,7 +113,8 @@ def run_ray(order, cfg, out: str, debug: bool, handle, stopped) -> None:
     actors = [Worker.remote() for _ in range(n)]
     try:
         try:  # every actor loads its models before any video is sent: a node that cannot is one line
-            ray.get([a.ready.remote(cfg) for a in actors])
+            where = dict(zip(actors, ray.get([a.node.remote() for a in actors])))  # actor -> (node, CPUs)
+            ray.get([a.ready.remote(cfg, t) for a, t in zip(actors, thread_shares(list(where.values()), cap))])
         except ray.exceptions.RayError as e:
             raise ClusterError(f"a Ray worker cannot start: {one_line(e)}") from None
         pending: dict = {}  # object ref -> (unit, actor)
@@ -118,8 +134,14 @@ def run_ray(order, cfg, out: str, debug: bool, handle, stopped) -> None:
                 r = ray.get(ref)
             except ray.exceptions.RayActorError as e:  # the worker process died (OOM kill, node lost)
                 r = _failed(u, out, f"the Ray worker processing it died ({one_line(e)})")
-                actors.append(Worker.remote())  # a replacement takes the next video
-                a = actors[-1]
+                where.pop(a, None)
+                a = Worker.remote()  # a replacement takes the next video (after loading its models)
+                actors.append(a)
+                try:
+                    where[a] = ray.get(a.node.remote())
+                    a.ready.remote(cfg, thread_shares(list(where.values()), cap)[-1])
+                except ray.exceptions.RayError:
+                    pass  # its next video then fails with the reason
             except ray.exceptions.RayError as e:
                 r = _failed(u, out, f"internal error on a Ray worker: {one_line(e)}")
             handle(r)
@@ -129,6 +151,17 @@ def run_ray(order, cfg, out: str, debug: bool, handle, stopped) -> None:
     finally:
         for a in actors:
             ray.kill(a)
+
+
+def thread_shares(nodes, cap: str | None = None) -> list[int]:
+    """FACEKIT_THREADS of each actor: its node's CPUs (at most ``cap``, the driver's FACEKIT_THREADS)
+    shared equally among the actors of this run on that node. ``nodes``: [(node id, node CPUs)]
+    per actor. As local ``--workers N``, which gives each of N processes 1/N of the CPUs."""
+    count: dict = {}
+    for node, _ in nodes:
+        count[node] = count.get(node, 0) + 1
+    limit = int(cap) if cap and cap.strip().isdigit() and int(cap) >= 1 else None
+    return [max(1, (min(cpus, limit) if limit else cpus) // count[node]) for node, cpus in nodes]
 
 
 def _failed(unit, out: str, cause: str):

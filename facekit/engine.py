@@ -359,7 +359,8 @@ def process_unit(unit: Unit, config: Config, out: str, debug: bool = False, on_f
         timings["total"] = time.perf_counter() - t_start
         attrs["faces_filtered"] = writer.filtered  # {} unless --max-faces/--primary dropped faces
         attrs.update({"status": store.STATUS_DONE, "error": "", "warnings": warnings, "n_frames": n_rows,
-                      "n_faces": n_faces, "timings": timings, "reused_stages": sorted(reused),
+                      "n_faces": n_faces, "timings": timings, "cpu_threads": _cpu_threads(),
+                      "reused_stages": sorted(reused),
                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         writer.commit(attrs)
         return Result(unit.key, unit.path, "done", warnings=warnings, n_frames=n_rows, n_faces=n_faces,
@@ -543,6 +544,12 @@ def _run_frames(unit, info, config, todo, writer, warnings, on_frames=None) -> i
 
 
 # ----------------------------------------------------------------------------- the run
+
+def _cpu_threads() -> int:
+    from .device import cpu_threads
+
+    return cpu_threads()
+
 
 def _expected_frames(unit: Unit, cfg: Config) -> int | None:
     """A guess of the frames a video will give (for the progress bar only): duration x rate."""

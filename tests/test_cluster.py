@@ -57,6 +57,7 @@ def test_ray_backend_equals_a_local_run(cluster, clips, bad_files, tmp_path):
         for k in a:
             assert a[k].status == b[k].status
             if a[k].status == "done":
+                assert b[k].attrs["cpu_threads"] == 1  # 2 actors share the 2-CPU node
                 np.testing.assert_array_equal(a[k].faces.box, b[k].faces.box)
                 np.testing.assert_array_equal(a[k].faces.track, b[k].faces.track)
                 np.testing.assert_array_equal(a[k].audio["mel"].data, b[k].audio["mel"].data)
@@ -68,6 +69,14 @@ def test_ray_backend_equals_a_local_run(cluster, clips, bad_files, tmp_path):
     assert r2.returncode == 1, r2.stderr  # the text file is retried and fails again
     summary = json.loads(r2.stdout)
     assert (summary["skipped"], summary["processed"], summary["failed"]) == (2, 0, 1), summary
+
+
+def test_thread_shares_split_each_node_among_its_actors():
+    from facekit.cluster import thread_shares
+
+    nodes = [("a", 16), ("b", 8), ("a", 16), ("a", 16), ("c", 2), ("c", 2), ("c", 2)]
+    assert thread_shares(nodes) == [5, 8, 5, 5, 1, 1, 1]
+    assert thread_shares(nodes, "6") == [2, 6, 2, 2, 1, 1, 1]  # the driver's FACEKIT_THREADS caps each node
 
 
 def test_unreachable_cluster_is_one_line(tmp_path, clips):

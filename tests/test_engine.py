@@ -110,15 +110,18 @@ def test_silent_video_finishes_with_no_audio(clips, tmp_path):
         assert mel.data.shape == (0, 80) and mel.attrs["audio_status"] == "no audio"
 
 
-def test_workers_give_identical_results(clips, tmp_path):
+def test_workers_give_identical_results(clips, tmp_path, monkeypatch):
     inputs = [str(clips["face"]), str(clips["face2"]), str(clips["silent"])]
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    monkeypatch.setenv("FACEKIT_THREADS", "4")
     facekit.extract(inputs, one, progress=False, stages="detect,mel")
     s = facekit.extract(inputs, two, progress=False, stages="detect,mel", workers=2)
     assert s.ok and len(s.processed) == 3
     with facekit.open(one) as a, facekit.open(two) as b:
         assert list(a) == list(b)
         for k in a:
+            # each of the 2 workers computed with half of the run's 4 threads
+            assert (a[k].attrs["cpu_threads"], b[k].attrs["cpu_threads"]) == (4, 2)
             np.testing.assert_array_equal(a[k].frames.t, b[k].frames.t)
             np.testing.assert_array_equal(a[k].faces.box, b[k].faces.box)
             np.testing.assert_array_equal(a[k].audio["mel"].data, b[k].audio["mel"].data)
