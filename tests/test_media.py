@@ -502,3 +502,23 @@ def test_prefetch_close_waits_for_the_item_in_progress():
     it.close()
     assert finished.is_set()
     assert not any(t.name == "facekit-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_decoding_threads_follow_facekit_threads_and_give_the_same_frames(clips, monkeypatch):
+    """FFmpeg decodes and converts with this process's threads (FACEKIT_THREADS), not its own guess;
+    the frames are the same with any count, resized or not."""
+    import av
+
+    counts = []
+    real = av.video.reformatter.VideoReformatter.reformat
+    monkeypatch.setattr(av.video.reformatter.VideoReformatter, "reformat",
+                        lambda self, frame, *a, **k: counts.append(k.get("threads")) or real(self, frame, *a, **k))
+    got = {}
+    for threads in ("1", "3"):
+        monkeypatch.setenv("FACEKIT_THREADS", threads)
+        for max_side in (None, 40):
+            got[threads, max_side] = np.concatenate(
+                [b.rgb.copy() for b in media.iter_frames(str(clips["face"]), batch_size=4, max_side=max_side)])
+    assert set(counts) == {1, 3}
+    for max_side in (None, 40):
+        assert np.array_equal(got["1", max_side], got["3", max_side])
