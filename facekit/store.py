@@ -43,7 +43,22 @@ import numpy as np
 from .version import SCHEMA_VERSION, __version__
 
 GZIP_LEVEL = 4  # h5py's level for compression="gzip" when none is given
-COMPRESS_THREADS = 2  # threads gzip-compressing chunks of a shard in the background (zlib frees the GIL)
+COMPRESS_THREADS = 2  # threads gzip-compressing chunks of a shard in the background (both codecs free the GIL)
+ISAL_LEVEL = 1  # ISA-L's level for those chunks: on 112 px face crops 1.41x in 0.43 ms a crop (zlib level 1:
+#                 1.48x in 1.3 ms); on parsing masks ~48x, 10x faster than zlib level 4 at the same ratio
+
+try:  # python-isal: the same zlib streams (any gzip reader inflates them), a fraction of zlib's CPU
+    from isal import isal_zlib as _isal_zlib
+except ImportError:  # pragma: no cover - isal is a requirement; zlib at the dataset's level then
+    _isal_zlib = None
+
+
+def deflate(data, level: int) -> bytes:
+    """One zlib stream of ``data`` (what HDF5's gzip filter stores in a chunk): ISA-L at
+    ``ISAL_LEVEL`` when python-isal is installed, else zlib at ``level``."""
+    if _isal_zlib is not None:
+        return _isal_zlib.compress(data, ISAL_LEVEL)
+    return zlib.compress(data, level)
 MAX_CHUNKS_IN_FLIGHT = 4 * COMPRESS_THREADS  # per dataset: beyond this, appends wait for the oldest
 SHARD_SUFFIX = ".h5"
 TMP_SUFFIX = ".tmp"
@@ -418,7 +433,7 @@ class VideoWriter:
 class _ChunkCompressor:
     """Appends to a growable gzip dataset, compressed off the calling thread.
 
-    Whole chunks are gzip-compressed (``zlib.compress``, the stream HDF5's deflate filter writes and
+    Whole chunks are gzip-compressed (``deflate``: a zlib stream, what HDF5's deflate filter writes and
     reads) in a thread pool and written in order with ``write_direct_chunk``; rows that do not fill
     a chunk wait for the next append, or ``flush``, which writes them the ordinary way (HDF5
     compresses that last partial chunk itself). Readers see an ordinary gzip dataset."""
@@ -452,7 +467,7 @@ class _ChunkCompressor:
             full = len(rows) // self.rows * self.rows
             for i in range(0, full, self.rows):
                 chunk = rows[i:i + self.rows]
-                self.in_flight.append((self.n_rows, self.pool.submit(zlib.compress, chunk, self.level)))
+                self.in_flight.append((self.n_rows, self.pool.submit(deflate, chunk, self.level)))
                 self.n_rows += self.rows
             rest = rows[full:]
             self.waiting, self.n_waiting = ([rest] if len(rest) else []), len(rest)
