@@ -139,22 +139,36 @@ def decode(outputs: dict, index: int, pad_hw: tuple[int, int], score_threshold: 
         idx = np.flatnonzero(~(score < np.float32(score_threshold)))
         if len(idx) == 0:
             continue
-        stride = np.float32(s)
         r, c = (idx // cols).astype(np.float32), (idx % cols).astype(np.float32)
         bb = outputs[f"bbox_{s}"][index, idx].astype(np.float32)
         kp = outputs[f"kps_{s}"][index, idx].astype(np.float32).reshape(-1, 5, 2)
-        cx, cy = (c + bb[:, 0]) * stride, (r + bb[:, 1]) * stride
-        w, h = np.exp(bb[:, 2]) * stride, np.exp(bb[:, 3]) * stride
-        face = np.empty((len(idx), 15), np.float32)
-        face[:, 0], face[:, 1] = cx - w / np.float32(2), cy - h / np.float32(2)
-        face[:, 2], face[:, 3] = w, h
-        face[:, 4:14:2] = (kp[:, :, 0] + c[:, None]) * stride
-        face[:, 5:14:2] = (kp[:, :, 1] + r[:, None]) * stride
-        face[:, 14] = score[idx]
-        rows.append(face)
+        rows.append(cell_faces(r, c, np.float32(s), bb, kp, score[idx]))
     if not rows:
         return np.zeros((0, 15), np.float32)
-    faces = np.concatenate(rows)
+    return suppress(np.concatenate(rows), score_threshold, nms_threshold, top_k)
+
+
+def cell_faces(r: np.ndarray, c: np.ndarray, stride, bb: np.ndarray, kp: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Face rows [m,15] float32 (x, y, w, h, five key points, score; padded-input pixels) of m
+    candidate cells: row ``r`` and column ``c`` [m] float32 of each cell, ``stride`` (float32, one
+    or [m]), the network's box deltas ``bb`` [m,4], key point offsets ``kp`` [m,5,2] and scores [m]:
+    FaceDetectorYN's arithmetic, in float32."""
+    stride = np.asarray(stride, np.float32)
+    per_point = stride[:, None] if stride.ndim else stride
+    cx, cy = (c + bb[:, 0]) * stride, (r + bb[:, 1]) * stride
+    w, h = np.exp(bb[:, 2]) * stride, np.exp(bb[:, 3]) * stride
+    face = np.empty((len(r), 15), np.float32)
+    face[:, 0], face[:, 1] = cx - w / np.float32(2), cy - h / np.float32(2)
+    face[:, 2], face[:, 3] = w, h
+    face[:, 4:14:2] = (kp[:, :, 0] + c[:, None]) * per_point
+    face[:, 5:14:2] = (kp[:, :, 1] + r[:, None]) * per_point
+    face[:, 14] = score
+    return face
+
+
+def suppress(faces: np.ndarray, score_threshold: float, nms_threshold: float, top_k: int = TOP_K) -> np.ndarray:
+    """FaceDetectorYN's NMS of one image's face rows [m,15]: the kept rows, best first (``nms`` on
+    the integer boxes, as OpenCV's NMSBoxes gets them)."""
     if len(faces) > 1:
         with np.errstate(invalid="ignore"):
             boxes = np.trunc(np.nan_to_num(faces[:, :4], nan=0, posinf=2**30, neginf=-2**30)).astype(np.int64)

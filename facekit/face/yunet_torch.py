@@ -17,8 +17,8 @@ import numpy as np
 
 from .. import device as device_mod
 from .. import zoo
-from .yunet import (BATCH_PIXELS, MIN_SIDE, MODEL_NAME, OUTPUTS, STRIDES, TOP_K, _padded, _pad_min, _to_results,
-                    fp32_graph, nms)
+from .yunet import (BATCH_PIXELS, MIN_SIDE, MODEL_NAME, OUTPUTS, STRIDES, _padded, _pad_min, _to_results,
+                    cell_faces, fp32_graph, suppress)
 
 #: padded input pixels per forward pass on a GPU: 32 frames of 1080p (1088 x 1920 padded; about
 #: 2 GiB of live float32 activations, from the tensor sizes: 64 MiB a frame); the CPU uses
@@ -136,15 +136,7 @@ class YuNetTorch:
                               score[b, cell, None]], 1)
             b, cell, rows = b.cpu().numpy(), cell.cpu().numpy(), rows.cpu().numpy()
         faces = _faces(cell, rows, ph, pw)
-        return [_to_results(self._suppress(faces[b == k])) for k in range(n)]
-
-    def _suppress(self, faces: np.ndarray) -> np.ndarray:
-        """yunet.decode's NMS step on one image's rows [m, 15], best first."""
-        if len(faces) > 1:
-            with np.errstate(invalid="ignore"):
-                boxes = np.trunc(np.nan_to_num(faces[:, :4], nan=0, posinf=2**30, neginf=-2**30)).astype(np.int64)
-            faces = faces[nms(boxes, faces[:, 14], self.score_threshold, self.nms_threshold, TOP_K)]
-        return faces
+        return [_to_results(suppress(faces[b == k], self.score_threshold, self.nms_threshold)) for k in range(n)]
 
 
 def _faces(cell: np.ndarray, rows: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
@@ -157,13 +149,4 @@ def _faces(cell: np.ndarray, rows: np.ndarray, pad_h: int, pad_w: int) -> np.nda
     cols = pad_w // np.asarray(STRIDES)[level]
     stride = np.asarray(STRIDES, np.float32)[level]
     r, c = (local // cols).astype(np.float32), (local % cols).astype(np.float32)
-    bb, kp = rows[:, :4], rows[:, 4:14].reshape(-1, 5, 2)
-    cx, cy = (c + bb[:, 0]) * stride, (r + bb[:, 1]) * stride
-    w, h = np.exp(bb[:, 2]) * stride, np.exp(bb[:, 3]) * stride
-    face = np.empty((len(rows), 15), np.float32)
-    face[:, 0], face[:, 1] = cx - w / np.float32(2), cy - h / np.float32(2)
-    face[:, 2], face[:, 3] = w, h
-    face[:, 4:14:2] = (kp[:, :, 0] + c[:, None]) * stride[:, None]
-    face[:, 5:14:2] = (kp[:, :, 1] + r[:, None]) * stride[:, None]
-    face[:, 14] = rows[:, 14]
-    return face
+    return cell_faces(r, c, stride, rows[:, :4], rows[:, 4:14].reshape(-1, 5, 2), rows[:, 14])
