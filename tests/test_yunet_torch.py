@@ -112,6 +112,9 @@ def test_batch_and_tensor_input(detectors):
     assert len(got) == len(same_size)
     for a, b in zip(got, [ref.detect(f) for f in same_size]):
         _same(a, b)
+    got = det.detect_batch(np.stack(same_size)[:, :, :-1])  # a batch array (here not contiguous)
+    for a, b in zip(got, [ref.detect(np.ascontiguousarray(f[:, :-1])) for f in same_size]):
+        _same(a, b)
     tiny = mediagen.face_image((40, 30))
     _same(det.detect_batch(torch.from_numpy(tiny[None]))[0], ref.detect(tiny))
     assert det.channels_last  # the CPU default; the other layout, one frame per forward pass:

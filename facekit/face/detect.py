@@ -136,8 +136,11 @@ class DetectStage(stages.Stage):
         """Faces of processed frames: per frame (boxes [n,4], scores [n], kps5 [n,5,2]) in display
         pixels. Frames go to the detector together (one batched call per run of same-size images)."""
         inputs = [self._det_input(rgb) for rgb in frames]
+        images = [im for im, _ in inputs]
+        if isinstance(frames, np.ndarray) and all(s == 1.0 for _, s in inputs):
+            images = frames  # the batch array itself (the GPU detector uploads it without a copy)
         out = []
-        for (_, s), (b, sc, k) in zip(inputs, self.detector.detect_batch([im for im, _ in inputs])):
+        for (_, s), (b, sc, k) in zip(inputs, self.detector.detect_batch(images)):
             total = s * scale  # display -> detector image (two area resizes compose)
             out.append((to_display(b, total), sc, to_display(k, total)))
         return out

@@ -85,8 +85,11 @@ class YuNetTorch:
     def detect_batch(self, frames) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """``detect`` for each image of ``frames``: a list of RGB uint8 arrays [H, W, 3] (any sizes;
         one forward pass per run of consecutive same-size images, at most ``batch_pixels`` padded
-        pixels), or a uint8 tensor [B, H, W, 3] on any device (moved to this one)."""
+        pixels), a uint8 array [B, H, W, 3], or a uint8 tensor [B, H, W, 3] on any device (moved to
+        this one)."""
         torch = self._torch
+        if isinstance(frames, np.ndarray) and frames.ndim == 4:  # a batch array: uploaded as it is, no stacking copy
+            frames = torch.from_numpy(np.ascontiguousarray(frames))
         if isinstance(frames, torch.Tensor):
             x = frames.to(self.device)
             if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[3] != 3:
