@@ -7,7 +7,7 @@ STAMP := $(VENV)/.facekit-installed
 # disk (pip takes it from there); any torch >= 2.0 works.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test docs bench clean
+.PHONY: install demo test docs bench bench-gpu clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,8 +43,19 @@ test: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict
 
+## make bench: speed (docs/performance.md) and accuracy (docs/accuracy.md) on ../shared/data
+## (FACEKIT_TEST_DATA elsewhere); about 15 min on 2 cores. make bench-gpu: the GPU figures.
+DATA ?= $(or $(FACEKIT_TEST_DATA),../shared/data)
 bench: $(STAMP)
-	$(PY) bench/detect_accuracy.py
+	$(PY) bench/throughput.py $(DATA)/videos/hamilton_multiface.mp4 \
+	    $(DATA)/videos/grid/bbaf2n.mpg $(DATA)/videos/videoretalking/face_2.mp4 --every 5
+	$(PY) bench/cpu_side.py
+	$(PY) bench/accuracy.py
+
+bench-gpu: $(STAMP)
+	$(PY) bench/gpu_detect.py
+	$(PY) bench/gpu.py --landmarker dlib68 --skip fan
+	$(PY) bench/gpu.py
 
 clean:
 	rm -rf site demo-out build *.egg-info
