@@ -342,8 +342,10 @@ def bench_workers(weights_path: str, yunet: str | None, seconds: float, n_clips:
             dt = time.perf_counter() - t0
             assert s.ok and len(s.processed) == n_clips, s.to_dict()
             n = sum(r.n_frames for r in s.results)
+            busy = sum(r.seconds for r in s.results) / min(per, n_clips)  # per-video seconds, spread over the workers
             print(f"workers --device cuda --workers-per-device {per}: {n_clips} videos, {n} frames in {dt:.2f} s "
-                  f"= {n / dt:.1f} frames/s (includes starting the workers and loading models)")
+                  f"= {n / dt:.1f} frames/s (includes starting the workers and loading models); while processing: "
+                  f"{n / busy:.1f} frames/s (frames / (sum of per-video seconds / {min(per, n_clips)} workers))")
             outs[per] = {r.key: _read(tmp / f"w{per}.h5", r.key) for r in s.results}
         ref = outs[pers[0]]
         same = all(np.array_equal(ref[k][d], o[k][d]) for o in outs.values() for k in ref for d in ref[k])
