@@ -289,8 +289,20 @@ def face_frames():
     return imgs, np.array([0, 1, 0]), np.stack([kps[0][0], kps[1][0], k2]).astype(np.float32)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """PyTorch on one CPU thread for the test. With both cores busy, the multi-threaded float32
+    path gave warps differing by up to 0.1 logits at the synthetic face's hard edges in about one
+    run in three (CI, 2026-11-23); on one thread the comparison is deterministic."""
+    torch = _torch()
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("name,n_classes", [("farl-lapa", 11), ("farl-celebm", 19)])
-def test_farl_equals_pyfacer(pyfacer_farl, face_frames, tmp_path, name, n_classes):
+def test_farl_equals_pyfacer(pyfacer_farl, face_frames, tmp_path, name, n_classes, one_torch_thread):
     torch = _torch()
     from facekit.face import farl
 
