@@ -88,16 +88,24 @@ def run_ray(order, cfg, out: str, debug: bool, handle, stopped) -> None:
             return config
 
         def node(self):
-            """(node id, CPUs of that node) for sharing its CPUs among the actors on it."""
+            """(node id, CPUs this process may use there) for sharing them among the actors on it
+            (the CPUs themselves, as local --workers shares them, not Ray's logical count)."""
             import ray as ray_
 
-            node = ray_.get_runtime_context().get_node_id()
-            cpus = next((n["Resources"].get("CPU", 1) for n in ray_.nodes() if n["NodeID"] == node), 1)
-            return node, int(cpus)
+            try:
+                cpus = len(os.sched_getaffinity(0))
+            except AttributeError:  # pragma: no cover - not Linux
+                cpus = os.cpu_count() or 1
+            return ray_.get_runtime_context().get_node_id(), int(cpus)
 
-        def ready(self, config, threads: int):
+        def ready(self, config, threads: int | None = None, others: dict | None = None):
+            """Set this actor's FACEKIT_THREADS and load the models. ``threads``: its share, or None
+            to compute it here from ``others`` (node id -> the run's other actors there: a replacement)."""
             from .engine import build_pipeline
 
+            if threads is None:
+                node = self.node()
+                threads = thread_shares([node] * ((others or {}).get(node[0], 0) + 1), cap)[0]
             os.environ["FACEKIT_THREADS"] = str(threads)  # before any model makes its thread pools
             build_pipeline(self._cfg(config))  # models load here: missing weights, unusable GPU...
             return True
@@ -111,9 +119,11 @@ def run_ray(order, cfg, out: str, debug: bool, handle, stopped) -> None:
 
     n = max(1, min(cfg.workers, len(order)))
     actors = [Worker.remote() for _ in range(n)]
+    unchecked: list = []  # replacements' ready() calls (a failure there shows in their videos)
     try:
         try:  # every actor loads its models before any video is sent: a node that cannot is one line
-            where = dict(zip(actors, ray.get([a.node.remote() for a in actors])))  # actor -> (node, CPUs)
+            # actor -> (node, CPUs); replacements are not added (their node is not waited for)
+            where = dict(zip(actors, ray.get([a.node.remote() for a in actors])))
             ray.get([a.ready.remote(cfg, t) for a, t in zip(actors, thread_shares(list(where.values()), cap))])
         except ray.exceptions.RayError as e:
             raise ClusterError(f"a Ray worker cannot start: {one_line(e)}") from None
@@ -135,13 +145,12 @@ def run_ray(order, cfg, out: str, debug: bool, handle, stopped) -> None:
             except ray.exceptions.RayActorError as e:  # the worker process died (OOM kill, node lost)
                 r = _failed(u, out, f"the Ray worker processing it died ({one_line(e)})")
                 where.pop(a, None)
-                a = Worker.remote()  # a replacement takes the next video (after loading its models)
-                actors.append(a)
-                try:
-                    where[a] = ray.get(a.node.remote())
-                    a.ready.remote(cfg, thread_shares(list(where.values()), cap)[-1])
-                except ray.exceptions.RayError:
-                    pass  # its next video then fails with the reason
+                others: dict = {}
+                for node, _ in where.values():
+                    others[node] = others.get(node, 0) + 1
+                a = Worker.remote()  # a replacement: shares its node's CPUs and loads its models, then
+                actors.append(a)   # takes the next video (an actor runs its calls in order; nothing waits here)
+                unchecked.append(a.ready.remote(cfg, None, others))
             except ray.exceptions.RayError as e:
                 r = _failed(u, out, f"internal error on a Ray worker: {one_line(e)}")
             handle(r)
@@ -149,6 +158,11 @@ def run_ray(order, cfg, out: str, debug: bool, handle, stopped) -> None:
                 return
             submit(a)
     finally:
+        for ref in unchecked:  # retrieved, so that Ray does not print them as unhandled errors
+            try:
+                ray.get(ref, timeout=0)
+            except Exception:  # noqa: BLE001 - not finished, or failed: its videos said why
+                pass
         for a in actors:
             ray.kill(a)
 

@@ -475,7 +475,8 @@ class _Replay:
             if path.startswith("faces/") and path in self._old:
                 ds = self._old[path]
                 writer.create(path, ds.shape[1:], ds.dtype, attrs=store.attrs_dict(ds),
-                              compression=ds.compression, compression_opts=ds.compression_opts)
+                              compression=ds.compression, compression_opts=ds.compression_opts,
+                              chunk_rows=ds.chunks[0] if ds.chunks else None)
 
     def on_frames(self, batch, row0: int, writer) -> None:
         a, b = np.searchsorted(self._frame, [row0, row0 + len(batch.t_sec)])

@@ -27,6 +27,7 @@ import numpy as np
 
 SAMPLE_RATE = 16_000  # Hz, audio delivered to every audio stage
 DEFAULT_BATCH_SIZE = 32  # frames per batch
+DECODE_THREADS = 4  # FFmpeg frame threads per video being decoded (see iter_frames)
 DEFAULT_FRAME_RATE = 30.0  # frames/s assumed for folders of image frames
 
 VIDEO_EXTENSIONS = frozenset(
@@ -424,10 +425,11 @@ def _decode(path, info: MediaInfo, out_w, out_h, frame_rate, warnings):
     try:
         vs = container.streams.video[0]
         vs.thread_type = "AUTO"  # frame threading: ~2x faster, but it hides decode errors (see below)
-        # this process's share of the CPUs (FACEKIT_THREADS; --workers), not FFmpeg's own guess (all
-        # of them, in every worker); frame threading gives the same pictures with any count
-        threads = _decode_threads()
-        vs.codec_context.thread_count = threads
+        # a fixed count, not FFmpeg's guess from the machine's CPUs (every CPU, in every worker): the
+        # pictures FFmpeg conceals in a damaged stream depend on the thread count, so the frames of a
+        # broken video are now the same on any machine and with any --workers (clean streams decode
+        # the same with any count)
+        vs.codec_context.thread_count = DECODE_THREADS
         origin = Fraction(container.start_time or 0, 1_000_000)
         rot = info.rotation
         # the decoder's frame size before rotation
@@ -436,7 +438,6 @@ def _decode(path, info: MediaInfo, out_w, out_h, frame_rate, warnings):
         # one reformatter for the whole stream: a frame's own .reformat() builds a new swscale
         # context (and thread pool) per frame
         reformatter = VideoReformatter()
-        reformat_threads = threads
         k_rot = {0: 0, 90: -1, 180: 2, 270: 1}[rot]  # np.rot90 turns counter-clockwise for k > 0
         n = 0
         last_t = -math.inf
@@ -467,9 +468,9 @@ def _decode(path, info: MediaInfo, out_w, out_h, frame_rate, warnings):
                     t = last_t + 1.0 / (info.fps_nominal or frame_rate) if n else 0.0
                 if frame.width != dec_w or frame.height != dec_h or resize:
                     rgb = reformatter.reformat(frame, width=dec_w, height=dec_h, format="rgb24",
-                                               interpolation="AREA", threads=reformat_threads).to_ndarray()
+                                               interpolation="AREA").to_ndarray()
                 else:
-                    rgb = reformatter.reformat(frame, format="rgb24", threads=reformat_threads).to_ndarray()
+                    rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
                 yield n, t, (np.rot90(rgb, k=k_rot) if k_rot else rgb)
                 last_t = t
                 n += 1
@@ -571,13 +572,6 @@ def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, warnings
         return samples, float(start_sec or 0.0)
     finally:
         container.close()
-
-
-def _decode_threads() -> int:
-    """FFmpeg decoding and colour-conversion threads: this process's compute threads."""
-    from .device import cpu_threads
-
-    return cpu_threads()
 
 
 def prefetch(iterable, depth: int = 2):

@@ -52,6 +52,12 @@ try:  # python-isal: the same zlib streams (any gzip reader inflates them), a fr
 except ImportError:  # pragma: no cover - isal is a requirement; zlib at the dataset's level then
     _isal_zlib = None
 
+MAX_CHUNKS_IN_FLIGHT = 4 * COMPRESS_THREADS  # per dataset: beyond this, appends wait for the oldest
+SHARD_SUFFIX = ".h5"
+TMP_SUFFIX = ".tmp"
+STATUS_DONE = "done"
+STATUS_FAILED = "failed"
+
 
 def deflate(data, level: int) -> bytes:
     """One zlib stream of ``data`` (what HDF5's gzip filter stores in a chunk): ISA-L at
@@ -59,11 +65,6 @@ def deflate(data, level: int) -> bytes:
     if _isal_zlib is not None:
         return _isal_zlib.compress(data, ISAL_LEVEL)
     return zlib.compress(data, level)
-MAX_CHUNKS_IN_FLIGHT = 4 * COMPRESS_THREADS  # per dataset: beyond this, appends wait for the oldest
-SHARD_SUFFIX = ".h5"
-TMP_SUFFIX = ".tmp"
-STATUS_DONE = "done"
-STATUS_FAILED = "failed"
 
 
 class StoreError(Exception):

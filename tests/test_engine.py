@@ -379,7 +379,7 @@ def test_stages_run_ahead_give_the_same_store(clips, tmp_path, monkeypatch, ever
     """Detection (or keyframes and following) and dlib68 landmarks run one batch ahead in
     background threads (Stage.prepare); the store is the same as when every stage runs in order in
     one thread, at any batch size."""
-    from facekit.face import detect, landmarks, tracking
+    from facekit.face import detect, landmarks
 
     st = "detect,track,landmarks,align,pose,crop"
     inputs = [str(clips["face"]), str(clips["face2"])]
@@ -395,7 +395,6 @@ def test_stages_run_ahead_give_the_same_store(clips, tmp_path, monkeypatch, ever
     assert bool(keyframes) == (every > 1)  # with keyframes: cuts and grid detections in a thread of their own
     monkeypatch.setattr(detect.DetectStage, "prepare_steps", lambda self: [])
     monkeypatch.setattr(landmarks.LandmarksStage, "prepare_steps", lambda self: [])
-    monkeypatch.setattr(tracking.TrackStage, "prepare_steps", lambda self: [])
     b = facekit.extract(inputs, tmp_path / "b.h5", **kw)
     assert a.ok and b.ok and c.ok
     with facekit.open(tmp_path / "a.h5") as A, facekit.open(tmp_path / "b.h5") as B, \

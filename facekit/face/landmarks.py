@@ -11,7 +11,7 @@ cropped and enlarged (bilinear) so the box is WORK_SIDE wide, for sub-pixel poin
 twice that is read in the frame itself; a larger one is reduced by exact 2 x 2 pixel averages until
 its box is narrower than 2 x WORK_SIDE. (Earlier versions resized every face to WORK_SIDE with
 ``INTER_AREA``, which costs 4-9 ms for a large face at a non-integer scale; the landmarks moved by
-0.3-0.8 % of the inter-ocular distance on average and the NME stayed within 0.1 point:
+0.3-0.8 % of the inter-ocular distance on average and the NME stayed within 0.11 point:
 docs/accuracy.md.)
 """
 
@@ -75,17 +75,19 @@ class Dlib68:
         that), or a crop reduced by 2x2 means until the box is narrower than 2 x WORK_SIDE."""
         import cv2
 
-        x0, y0, x1, y1 = box
+        if not np.isfinite(box).all():
+            return None
+        x0, y0, x1, y1 = (float(v) for v in box)
         h, w = rgb.shape[:2]
         side = max(x1 - x0, 1.0)
-        halvings = int(np.floor(np.log2(side / WORK_SIDE))) if side >= WORK_SIDE else -1
-        if halvings == 0:  # read in place: no copy, no resampling
-            if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
-                return None
-            return rgb, (int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1))), (0, 0, 1.0, 1.0)
         m = CROP_MARGIN * side
         cx0, cy0 = int(max(0, np.floor(x0 - m))), int(max(0, np.floor(y0 - m)))
         cx1, cy1 = int(min(w, np.ceil(x1 + m))), int(min(h, np.ceil(y1 + m)))
+        if cx1 - cx0 < 2 or cy1 - cy0 < 2:  # the box and its margin are off the image
+            return None
+        halvings = int(np.floor(np.log2(side / WORK_SIDE))) if side >= WORK_SIDE else -1
+        if halvings == 0:  # read in place: no copy, no resampling
+            return rgb, (int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1))), (0, 0, 1.0, 1.0)
         if halvings > 0:
             f = 2 ** halvings  # whole 2x2 blocks only (cv2's exact fast path for a factor of 2)
             cx1, cy1 = cx0 + (cx1 - cx0) // f * f, cy0 + (cy1 - cy0) // f * f
@@ -96,8 +98,6 @@ class Dlib68:
                 crop = cv2.resize(crop, (crop.shape[1] // 2, crop.shape[0] // 2), interpolation=cv2.INTER_AREA)
             kx = ky = 1.0 / f
         else:
-            if cx1 - cx0 < 2 or cy1 - cy0 < 2:
-                return None
             k = WORK_SIDE / side
             crop = cv2.resize(rgb[cy0:cy1, cx0:cx1], (max(1, round((cx1 - cx0) * k)), max(1, round((cy1 - cy0) * k))),
                               interpolation=cv2.INTER_LINEAR)
@@ -110,8 +110,9 @@ class Dlib68:
                      ) -> np.ndarray:
         """Landmarks [n,68,2] float32 (pixels) for n faces of several RGB images (``frame_idx``
         [n]: the image of each face), in one call. The predictor's box is derived from ``kps5`` when
-        given, else ``boxes_xyxy`` is used. dlib returns integer positions: it runs on a crop
-        resized so that the box is WORK_SIDE pixels wide, and the points are mapped back."""
+        given, else ``boxes_xyxy`` is used. The predictor reads the image ``_crop`` makes (an
+        enlarged crop for small faces, the frame itself, or a reduced crop), and the points are mapped
+        back; faces with non-finite or off-image boxes get NaN points."""
         n = len(boxes_xyxy)
         out = np.full((n, N_POINTS, 2), np.nan, np.float32)
         if n == 0:

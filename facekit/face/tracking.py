@@ -501,11 +501,6 @@ class TrackStage(stages.Stage):
             from . import embed
 
             self._rejoin = embed.load(REJOIN_MODEL, config.weights, config.embed_batch)
-        self.prepares = True  # the scene-cut test of each frame runs ahead, in a background thread
-
-    def prepare(self, batch) -> None:
-        """Whether a scene cut starts at each frame of the batch [B] (needs only the frames)."""
-        batch.prepared[self.name] = [bool(self._cuts(rgb)) for rgb in batch.rgb]
 
     def _max_gap(self) -> float:
         """--track-max-gap, but never less than 2.5 sampling periods (sparse --fps sampling)."""
@@ -537,9 +532,8 @@ class TrackStage(stages.Stage):
         f = batch.faces
         ids = np.full(len(f["frame"]), -1, np.int64)
         shots = np.zeros(len(batch.t_sec), np.int32)
-        cuts = batch.prepared.pop(self.name, None)  # computed ahead by prepare, when the engine ran it
         for i, (rgb, t) in enumerate(zip(batch.rgb, batch.t_sec)):
-            cut = self._cuts(rgb) if cuts is None else cuts[i]
+            cut = self._cuts(rgb)
             self._shot += bool(cut)
             shots[i] = self._shot
             rows = np.flatnonzero(f["frame"] == row0 + i)
