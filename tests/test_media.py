@@ -246,8 +246,8 @@ def test_truncated_file_yields_prefix_and_warns(tmp_path, name, layout):
     assert len(_all(p)[0]) == len(rgb)  # without a warnings list: same prefix, still no exception
 
 
-def test_garbled_middle_keeps_going(tmp_path):
-    """Garbage over two spots of the mdat: no exception; broken frames are dropped with a warning."""
+def _garbled(tmp_path):
+    """A 50-frame MP4 with garbage over two spots of its mdat."""
     p = mediagen.face_video(tmp_path / "full.mp4", n_frames=50, gop=10, audio=None,
                             extra_args=["-movflags", "+faststart"])
     data = bytearray(p.read_bytes())
@@ -257,6 +257,12 @@ def test_garbled_middle_keeps_going(tmp_path):
         data[off:off + 3000] = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
     q = tmp_path / "garbled.mp4"
     q.write_bytes(bytes(data))
+    return q
+
+
+def test_garbled_middle_keeps_going(tmp_path):
+    """Garbage over two spots of the mdat: no exception; broken frames are dropped with a warning."""
+    q = _garbled(tmp_path)
     warnings: list[str] = []
     rgb, t, idx, _ = _all(q, warnings=warnings)
     assert 40 <= len(t) <= 50 and np.all(np.diff(t) > 0) and np.all(np.diff(idx) == 1)
@@ -508,15 +514,7 @@ def test_damaged_video_decodes_the_same_whatever_the_threads(tmp_path, monkeypat
     """FFmpeg conceals damage differently with different frame-thread counts: the decoder gets a
     fixed count (DECODE_THREADS), so a broken video gives the same frames with any FACEKIT_THREADS
     (--workers share) and on any machine."""
-    p = mediagen.face_video(tmp_path / "full.mp4", n_frames=50, gop=10, audio=None,
-                            extra_args=["-movflags", "+faststart"])
-    data = bytearray(p.read_bytes())
-    rng = np.random.default_rng(0)
-    for frac in (0.4, 0.6):
-        off = int(len(data) * frac)
-        data[off:off + 3000] = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
-    q = tmp_path / "garbled.mp4"
-    q.write_bytes(bytes(data))
+    q = _garbled(tmp_path)
     got = []
     for threads in ("1", "3"):
         monkeypatch.setenv("FACEKIT_THREADS", threads)
