@@ -6,6 +6,7 @@ Exit codes: 0 when every video succeeded (or was skipped as finished), 1 when an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import sys
@@ -198,9 +199,13 @@ def _run(command: str, inputs, out, stages, quiet, as_json, debug, **options):
                 click.echo(f"facekit: warning: {_oneline(r.path)}: {_oneline(w)}", err=True)
 
     argv = "facekit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    # with --json, stdout holds the summary and nothing else: whatever a library prints during the
+    # run (Ray's messages about a lost worker, for one) goes to stderr
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     try:
-        summary = extract(list(inputs), out, stages=stages, command=argv,
-                          progress=None if not quiet else False, debug=debug, on_result=on_result, **options)
+        with quiet_stdout:
+            summary = extract(list(inputs), out, stages=stages, command=argv,
+                              progress=None if not quiet else False, debug=debug, on_result=on_result, **options)
     except (StageError, zoo.ModelError, StoreError, InputError, ClusterError, ValueError) as e:
         if debug:
             raise

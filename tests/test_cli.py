@@ -58,6 +58,24 @@ def test_help_lists_commands_and_examples():
     assert "Examples:" in r.output and "--fps" in r.output and "--weights" in r.output
 
 
+def test_json_stdout_holds_only_the_summary(clips, tmp_path, monkeypatch):
+    """Whatever prints to stdout during a run (Ray's messages about a lost worker, for one) goes to
+    stderr with --json, so scripts can parse stdout."""
+    from facekit import engine
+
+    real = engine.extract
+
+    def noisy(*a, **k):
+        print("(raylet) A worker died or was killed while executing a task")
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "extract", noisy)
+    r = run("extract", clips["face"], "-o", tmp_path / "feats.h5", "--stages", "detect", "--json", "-q")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["processed"] == 1
+    assert "(raylet)" in r.stderr
+
+
 def test_extract_json_summary_and_info(clips, tmp_path):
     out = tmp_path / "feats.h5"
     r = run("extract", clips["face"], "-o", out, "--json", "-q")
