@@ -54,6 +54,7 @@ bench: $(STAMP)
 
 bench-gpu: $(STAMP)
 	$(PY) bench/gpu_detect.py
+	FACEKIT_TEST_DATA=$(DATA) $(PY) bench/gpu_throughput.py
 	$(PY) bench/gpu.py --landmarker dlib68 --skip fan --worker-clips 16 --per-device 1,4,8 --clip-seconds 20
 	$(PY) bench/gpu.py
 

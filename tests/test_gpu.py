@@ -194,7 +194,8 @@ def test_extract_cuda_equals_cpu_any_workers(fan_weights, tmp_path):
         assert len(cpu["box"]) > 0
         for k in cpu:  # one worker or two: the same bytes
             np.testing.assert_array_equal(g1[k], g2[k])
-        np.testing.assert_array_equal(cpu["box"], g1["box"])
+        # YuNet in onnxruntime (CPU) vs PyTorch (CUDA): the same network, sums in another order
+        np.testing.assert_allclose(cpu["box"], g1["box"], rtol=0, atol=1e-3)
         assert _agree(cpu["landmarks"], g1["landmarks"]) >= FAN_AGREE
         import cv2
 
