@@ -1,16 +1,18 @@
-"""`facekit extract --device cuda` on real 720p clips: frames/s of the whole stack on one machine.
+"""`facekit extract --device cuda` on 720p versions of real clips: frames/s of the whole stack on one machine.
 
     python bench/gpu_throughput.py [CLIP ...] [--copies 32] [--per-device 16,8,4] [--landmarker dlib68]
                                    [--stages detect,track,landmarks,align,crop] [--procs 16]
                                    [--naive-copies 16] [--cpu-copies 16] [--skip decode,naive,cpu]
-                                   [--device cuda] [--json out.json]
+                                   [--device cuda] [--warmup-seconds 4] [--json out.json]
 
-For each CLIP, --copies hard links of it (distinct names: distinct videos of the store) are
-processed, back to back on the same machine, by
+For each CLIP, --copies hard links of it (distinct names: distinct videos of the store; symbolic
+links across file systems) are processed, back to back on the same machine, by
   cuda-K   facekit.extract(copies, device=--device, workers_per_device=K): frames/s by the wall clock
-           (starting K workers and loading their models included) and while processing (frames /
-           (sum of the per-video seconds / K): without start-up and the tail of the queue); mean
-           GPU utilisation (NVML, sampled every 0.1 s) and the largest GPU memory in use
+           (everything: starting the worker processes, their imports, model loading, the tail of
+           the queue) and an estimate "while processing": frames / (sum of the per-video seconds /
+           workers), which leaves out process start-up, imports and the queue's tail but not the
+           model loading each worker does in its first video; the share of time GPU 0 ran a
+           kernel (NVML, sampled every 0.1 s from before the workers start) and its largest memory in use
   decode   PyAV decoding every frame to RGB, --procs processes at once, one FFmpeg thread each
            (what any pipeline must pay on this machine: the ceiling), --naive-copies copies
   naive    bench/throughput.py's per-frame loop (cv2 YuNet -> dlib 68 points -> ArcFace warp), one
@@ -19,12 +21,15 @@ processed, back to back on the same machine, by
   cpu-W    facekit.extract(copies, device="cpu", workers=--procs), --cpu-copies copies: the same
            machine without its GPU
 and prints the ratios to decode and naive, and whether the stores of every cuda-K hold identical
-boxes, landmarks and crops (the first two copies are compared), and how cpu-W differs from them.
+boxes, landmarks and crops (two videos of each run are compared: copies of the same clip), and
+how cpu-W differs from them.
 Default clips (ffmpeg, from shared/data or $FACEKIT_TEST_DATA; see CLIPS): hamilton_multiface
 scaled to 1280x720 and looped 4 times (1,100 frames, 1-6 faces), crowd_1080p scaled to 1280x720 and
 looped 4 times (420 frames, 5-8 faces), videoretalking/face_2 scaled to 720x720, padded to 1280x720
-and looped 8 times (1,000 frames, one large face). The first clip is also run once, shortened, before anything is timed (numba's compiled-code cache,
-cuDNN's choices). Runs on the CPU too (--device cpu) to check the script, not to measure.
+and looped 8 times (1,000 frames, one large face). Before anything is timed, the first
+--warmup-seconds of the first clip are processed once in this process, which fills numba's on-disk
+cache of compiled code for the workers. Runs on the CPU too (--device cpu) to check the script, not
+to measure.
 """
 
 from __future__ import annotations
@@ -142,17 +147,33 @@ def _naive(path: str) -> int:
     return naive_loop(path)[0]
 
 
-def _one_thread() -> None:
-    os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+def _ready(_) -> int:
+    """Import what the timed functions use, then hold the worker long enough for every worker to get one."""
+    import av  # noqa: F401
+    import cv2  # noqa: F401
+    import throughput  # noqa: F401
+
+    time.sleep(1.0)
+    return os.getpid()
 
 
 def pool_rate(fn, paths: list[str], procs: int) -> tuple[int, float]:
-    """Frames and wall seconds of fn over paths in a pool of procs processes (spawned; start-up not timed)."""
-    with mp.get_context("spawn").Pool(procs, initializer=_one_thread) as pool:
-        pool.map(abs, range(procs))  # the workers are up
-        t0 = time.perf_counter()
-        n = sum(pool.map(fn, paths, chunksize=1))
-        return n, time.perf_counter() - t0
+    """Frames and wall seconds of fn over paths in a pool of procs processes (spawned; their start-up
+    and imports are not timed, each one's own model loading in fn is)."""
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")  # inherited by the spawned workers
+    try:
+        with mp.get_context("spawn").Pool(procs) as pool:
+            pool.map(_ready, range(procs), chunksize=1)
+            t0 = time.perf_counter()
+            n = sum(pool.map(fn, paths, chunksize=1))
+            return n, time.perf_counter() - t0
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _read(store_path: Path, key: str) -> dict:
@@ -165,7 +186,16 @@ def _read(store_path: Path, key: str) -> dict:
         return {k: g[k][()] for k in KEYS}
 
 
+def n_workers(device: str, per: int) -> int:
+    """Worker processes of a run: ``per`` for each GPU of ``device``."""
+    from facekit import device as device_mod
+    from facekit.config import Config
+
+    return device_mod.plan(Config(device=device, workers_per_device=per))[0]
+
+
 def run_extract(copies, out: Path, opts: dict, label: str, per: int) -> dict:
+    """One run; ``per``: its worker processes in all."""
     with GpuSampler() as gs:
         t0 = time.perf_counter()
         s = facekit.extract(copies, out, progress=False, **opts)
@@ -183,32 +213,43 @@ def run_extract(copies, out: Path, opts: dict, label: str, per: int) -> dict:
 
 
 def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(np.array_equal(a[k][d], b[k][d]) for k in a for d in KEYS)
+    """Identical arrays (NaN landmarks, which dlib68 gives faces off the image, count as equal)."""
+    return a.keys() == b.keys() and all(
+        a[k][d].shape == b[k][d].shape and a[k][d].tobytes() == b[k][d].tobytes() for k in a for d in KEYS)
 
 
 def _diff(a: dict, b: dict) -> str:
     parts = []
     for k in a:
+        if k not in b:
+            parts.append(f"{k}: missing from the second store")
+            continue
         ba, bb = a[k]["faces/box"], b[k]["faces/box"]
         if ba.shape != bb.shape:
             parts.append(f"{k}: {len(ba)} vs {len(bb)} faces")
             continue
+        if not len(ba):
+            parts.append(f"{k}: no faces in either")
+            continue
         lm = np.abs(a[k]["faces/landmarks"] - b[k]["faces/landmarks"])
-        cr = np.abs(a[k]["faces/crop"].astype(int) - b[k]["faces/crop"].astype(int))
+        cr = np.abs(a[k]["faces/crop"].astype(np.int16) - b[k]["faces/crop"].astype(np.int16))
         parts.append(f"boxes max {np.abs(ba - bb).max():.2f} px, landmarks max {np.nanmax(lm) if lm.size else 0:.2f} px "
                      f"(p99 {np.nanpercentile(lm, 99) if lm.size else 0:.2f}), crops max {cr.max() if cr.size else 0} "
                      f"grey levels ({100 * (cr == 0).mean() if cr.size else 100:.1f} % equal)")
     return "; ".join(parts)
 
 
-def bench_clip(clip: Path, a, tmp: Path) -> dict:
-    stem = clip.stem
+def bench_clip(clip: Path, a, tmp: Path, n: int) -> dict:
+    stem = f"{n}-{clip.stem}"
     d = tmp / stem
     d.mkdir()
     copies = []
     for i in range(max(a.copies, a.naive_copies, a.cpu_copies)):
-        p = d / f"{stem}_{i:03d}{clip.suffix}"
-        os.link(clip, p)
+        p = d / f"{clip.stem}_{i:03d}{clip.suffix}"
+        try:
+            os.link(clip, p)
+        except OSError:  # another file system
+            p.symlink_to(clip.resolve())
         copies.append(str(p))
     info = facekit.probe(clip)
     print(f"{clip.name}: {info.width}x{info.height}, {info.n_frames} frames", flush=True)
@@ -218,7 +259,7 @@ def bench_clip(clip: Path, a, tmp: Path) -> dict:
         for per in a.per_device:
             res[f"cuda-{per}"] = run_extract(copies[:a.copies], tmp / f"{stem}-cuda{per}.h5",
                                              {**base, "device": a.device, "workers_per_device": per},
-                                             f"cuda-{per}", per)
+                                             f"cuda-{per}", n_workers(a.device, per))
     if "decode" not in a.skip:
         n, dt = pool_rate(_decode, copies[:a.naive_copies], a.procs)
         res["decode"] = {"frames": n, "seconds": dt, "fps_wall": n / dt}
@@ -283,7 +324,7 @@ def main(argv=None) -> None:
                 s_in = src.streams.video[0]
                 s_out = dst.add_stream_from_template(s_in)
                 for pkt in src.demux(s_in):
-                    if pkt.pts is not None and pkt.pts * s_in.time_base > a.warmup_seconds:
+                    if pkt.pts is not None and (pkt.pts - (s_in.start_time or 0)) * s_in.time_base > a.warmup_seconds:
                         break
                     if pkt.dts is not None:
                         pkt.stream = s_out
@@ -293,11 +334,11 @@ def main(argv=None) -> None:
             s = facekit.extract([short], tmp / "warm.h5", **opts)
             assert s.ok, s.to_dict()
             print(f"warm-up: {s.results[0].n_frames} frames in {time.perf_counter() - t0:.1f} s", flush=True)
-        for clip in a.clips:
-            out.append(bench_clip(clip, a, tmp))
-    if a.json:
-        a.json.write_text(json.dumps({"device": device_line(a.device), "stages": a.stages,
-                                      "landmarker": a.landmarker, "clips": out}, indent=1))
+        for i, clip in enumerate(a.clips):
+            out.append(bench_clip(clip, a, tmp, i))
+            if a.json:  # after every clip: a run cut short keeps what it measured
+                a.json.write_text(json.dumps({"device": device_line(a.device), "stages": a.stages,
+                                              "landmarker": a.landmarker, "clips": out}, indent=1))
 
 
 if __name__ == "__main__":

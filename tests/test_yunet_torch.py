@@ -152,8 +152,9 @@ def _model(nodes, inputs, outputs, inits=()):
     from onnx import helper
 
     g = helper.make_graph(nodes, "t", inputs, outputs, list(inits))
-    # IR version 10 (opset 21's): onnx >= 1.20 writes IR 14 by default, which onnxruntime 1.30 refuses
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    opsets = [helper.make_opsetid("", 21)]
+    # the lowest IR version opset 21 allows (10): onnx 1.23 writes IR 14 by default, which onnxruntime 1.30 refuses
+    return helper.make_model(g, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 
 
 def test_operators_equal_onnxruntime():
