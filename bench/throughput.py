@@ -17,8 +17,8 @@ For each clip, in one run on the same machine, back to back:
 Prints frames/s (wall clock) and CPU milliseconds per frame (process + children: less sensitive to
 other jobs on a shared machine than the wall clock), and the ratios to the naive loop by both.
 The default stages add tracking and head pose to what the naive loop computes;
-``--stages detect,track,landmarks,align`` is the like-for-like stack (pose alone costs ~3 ms a
-frame at hamilton's 1.6 faces: solvePnP and its Levenberg-Marquardt refinement, ~1-2 ms a face).
+``--stages detect,track,landmarks,align`` is the like-for-like stack (pose: SQPnP and a
+Levenberg-Marquardt refinement, 0.24-0.44 ms a face).
 Default clip: shared/data/videos/hamilton_multiface.mp4. ``--repeat 2`` measures everything twice.
 """
 

@@ -179,9 +179,27 @@ def project_model(angles, tvec, image_size, model: np.ndarray | None = None) -> 
     return np.stack([K[0, 0] * uv[..., 0] + K[0, 2], K[1, 1] * uv[..., 1] + K[1, 2]], axis=-1)
 
 
+# the Levenberg-Marquardt refinement after SQPnP (facekit.face.pnp.refine_many)
+REFINE_MAX_ITER = 30     # iterations at most (a face stops when its step is below REFINE_STEP)
+REFINE_STEP = 1e-9       # radians / model units (~mm): a step this small ends a face's refinement
+REFINE_TRIES = 8         # damping increases (x10 each) before a face that cannot lower its cost stops
+REFINE_COST = 1e-12      # a step that lowers the squared error by less than this fraction ends a face's refinement
+REFINE_LAMBDA = 1e-3     # initial damping, relative to the mean diagonal of J^T J
+
+
+def _residuals(obj, pts, K, R, t):
+    """Camera-frame points X ``[N, P, 3]`` and reprojection residuals ``[N, P, 2]`` (pixels)."""
+    X = np.matmul(R, obj.T).transpose(0, 2, 1) + t[:, None, :]
+    z = X[..., 2]
+    u = K[0, 0] * X[..., 0] / z + K[0, 2]
+    v = K[1, 1] * X[..., 1] / z + K[1, 2]
+    return X, np.stack([u, v], axis=-1) - pts
+
+
 def solve_pose(lm68, image_size, model: np.ndarray | None = None) -> PoseResult:
-    """Fit the generic face to 68 landmarks per face with ``cv2.solvePnP`` (SQPnP, then
-    Levenberg-Marquardt refinement of the reprojection error).
+    """Fit the generic face to 68 landmarks per face: ``cv2.solvePnP`` (SQPnP) per face, then a
+    Levenberg-Marquardt refinement of the reprojection error for all faces at once
+    (``facekit.face.pnp.refine_many``: the minimum ``cv2.solvePnPRefineLM`` converges to).
 
     ``lm68``: ``[N, 68, 2]`` pixels in a frame of ``image_size = (w, h)``. Faces with non-finite
     landmarks, or whose fit fails or lands behind the camera, get NaN rows. ``model``: ``[P, 3]``
@@ -201,23 +219,34 @@ def solve_pose(lm68, image_size, model: np.ndarray | None = None) -> PoseResult:
     K = camera_matrix(image_size)
     dist = np.zeros(4)
     obj = np.ascontiguousarray(model, dtype=np.float64)
+    ok_rows, R0, t0 = [], [], []
     for i in range(n):
         pts = np.ascontiguousarray(lm[i])
         if not np.isfinite(pts).all():
             continue
         try:
             ok, rvec, tvec = cv2.solvePnP(obj, pts, K, dist, flags=cv2.SOLVEPNP_SQPNP)
-            if ok:
-                rvec, tvec = cv2.solvePnPRefineLM(obj, pts, K, dist, rvec, tvec)
         except cv2.error:
             continue
-        if not ok or not np.isfinite(tvec).all() or tvec[2, 0] <= 0:
-            continue
-        R, _ = cv2.Rodrigues(rvec)
-        angles[i] = angles_from_rotation(R[None])[0]
-        rvecs[i], tvecs[i] = rvec[:, 0], tvec[:, 0]
-        proj, _ = cv2.projectPoints(obj, rvec, tvec, K, dist)
-        rms[i] = np.sqrt(np.mean(np.sum((proj[:, 0] - pts) ** 2, axis=-1)))
+        if ok and np.isfinite(rvec).all() and np.isfinite(tvec).all():
+            ok_rows.append(i)
+            R0.append(cv2.Rodrigues(rvec)[0])
+            t0.append(tvec[:, 0])
+    if not ok_rows:
+        return PoseResult(angles, rvecs, tvecs, rms)
+    rows = np.array(ok_rows)
+    from .pnp import refine_many
+
+    R, t = np.array(R0), np.array(t0)
+    refine_many(obj, np.ascontiguousarray(lm[rows]), K[0, 0], K[1, 1], K[0, 2], K[1, 2], R, t,
+                REFINE_MAX_ITER, REFINE_TRIES, REFINE_STEP, REFINE_COST, REFINE_LAMBDA)
+    X, r = _residuals(obj, lm[rows], K, R, t)
+    front = np.isfinite(t).all(axis=1) & (t[:, 2] > 0) & np.isfinite(R).all(axis=(1, 2))
+    rows, R, t, r = rows[front], R[front], t[front], r[front]
+    angles[rows] = angles_from_rotation(R)
+    rvecs[rows] = np.array([cv2.Rodrigues(Ri)[0][:, 0] for Ri in R]).reshape(-1, 3)
+    tvecs[rows] = t
+    rms[rows] = np.sqrt(np.mean(np.sum(r ** 2, axis=-1), axis=-1))
     return PoseResult(angles, rvecs, tvecs, rms)
 
 
@@ -258,7 +287,7 @@ class PoseStage(stages.Stage):
 
     @property
     def params(self) -> dict:
-        return {"method": "solvePnP (SQPnP + LM refinement) on all 68 points",
+        return {"method": "solvePnP (SQPnP) + batched Levenberg-Marquardt refinement on all 68 points",
                 "model": "generic 68-point mean face", "focal": "max(width, height) pixels",
                 "principal_point": "image centre"}
 
