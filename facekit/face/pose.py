@@ -240,7 +240,7 @@ def solve_pose(lm68, image_size, model: np.ndarray | None = None) -> PoseResult:
     R, t = np.array(R0), np.array(t0)
     refine_many(obj, np.ascontiguousarray(lm[rows]), K[0, 0], K[1, 1], K[0, 2], K[1, 2], R, t,
                 REFINE_MAX_ITER, REFINE_TRIES, REFINE_STEP, REFINE_COST, REFINE_LAMBDA)
-    X, r = _residuals(obj, lm[rows], K, R, t)
+    _, r = _residuals(obj, lm[rows], K, R, t)
     front = np.isfinite(t).all(axis=1) & (t[:, 2] > 0) & np.isfinite(R).all(axis=(1, 2))
     rows, R, t, r = rows[front], R[front], t[front], r[front]
     angles[rows] = angles_from_rotation(R)
